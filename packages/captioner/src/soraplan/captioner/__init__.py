@@ -1,0 +1,1 @@
+"""soraplan captioner: VLM captioning of curated clips and the LoRA caption refiner."""

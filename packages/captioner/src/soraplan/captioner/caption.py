@@ -1,0 +1,211 @@
+"""`soraplan-caption`: caption the kept clips of curated shards (or a directory of clips) with a VLM.
+
+Ray Data pipeline: CPU tasks decode the sampled frames of each clip, an actor pool runs the
+model (loaded once per actor), the driver streams results into resumable parts and finally
+writes new shards with `vlm_caption, caption_model, caption_prompt, caption_error`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
+from soraplan.captioner.hub import require_pretrained
+from soraplan.captioner.prompts import PromptConfig, PromptTemplate
+from soraplan.captioner.shards import assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
+from soraplan.captioner.vlm import VLMConfig
+from soraplan.curation.config import dump_yaml, load_config
+from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
+
+# Row columns the decode task needs; the rest of the row stays on the driver.
+_TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
+# Input columns a decode task fills in when the input lacks them (a plain directory of clips).
+_PROBED_COLUMNS = ["end_s", "width", "height", "fps"]
+
+
+@dataclass
+class ActorPoolConfig:
+    batch_size: int = 8
+    concurrency: int = 1
+    num_gpus: float = 0.0
+    # Fractional on small CPU nodes: a whole-CPU actor per core starves the decode tasks.
+    num_cpus: float = 1.0
+
+
+@dataclass
+class CaptionJobConfig:
+    input: str = ""  # curated shard dir (<dir>/clips/*.parquet) or a directory of video files
+    out: str = ""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    frames: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    decode_num_cpus: float = 0.5
+    part_rows: int = 64  # results per resume part
+    limit: int | None = None  # caption at most this many pending clips (smoke runs)
+    ray_address: str | None = None  # None: start a local Ray on loopback
+
+
+def decode_clip(row: dict[str, Any], frames_cfg: FrameSamplingConfig) -> dict[str, Any]:
+    """Ray task: one clip row -> its sampled frames as raw bytes (or an error)."""
+    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decode_error": None}
+    try:
+        clip = clip_frames(row, frames_cfg)
+    except Exception as exc:  # undecodable clip -> error row, never a failed job
+        out["decode_error"] = f"decode failed: {exc.__class__.__name__}: {exc}"
+        out.update({c: None for c in _PROBED_COLUMNS})
+        return out
+    out.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape))
+    out.update(end_s=clip.end_s, width=clip.width, height=clip.height, fps=clip.fps)
+    return out
+
+
+def unpack_frames(data: bytes, shape: Any) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape([int(s) for s in shape])
+
+
+class CaptionStage:
+    """Actor-pool stage: loads the VLM once, captions batches, records per-row errors."""
+
+    def __init__(self, vlm_cfg: VLMConfig, prompt: PromptTemplate) -> None:
+        self.vlm_cfg, self.prompt = vlm_cfg, prompt
+        self.captioner = vlm_cfg.build(prompt)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["clip_id"])
+        good = [i for i in range(n) if batch["decode_error"][i] is None]
+        start = time.perf_counter()
+        captions = self.captioner.caption([unpack_frames(batch["frames"][i], batch["frames_shape"][i]) for i in good])
+        seconds = time.perf_counter() - start
+        texts: list[str | None] = [None] * n
+        tokens = [0] * n
+        errors = list(batch["decode_error"])
+        for i, cap in zip(good, captions):
+            texts[i], tokens[i], errors[i] = cap.text, cap.num_tokens, cap.error
+        result = {c: batch[c] for c in ["clip_id", *_PROBED_COLUMNS]}
+        result.update(
+            vlm_caption=np.array(texts, dtype=object),
+            caption_model=np.array([self.vlm_cfg.model] * n, dtype=object),
+            caption_prompt=np.array([self.prompt.id] * n, dtype=object),
+            caption_error=np.array(errors, dtype=object),
+            caption_tokens=np.array(tokens, dtype=np.int64),
+            caption_seconds=np.full(n, seconds / max(n, 1)),
+        )
+        return result
+
+
+def run(cfg: CaptionJobConfig) -> dict[str, Any]:
+    """Run the job; returns (and writes to <out>/summary.json) the counts and speeds."""
+    if not cfg.input or not cfg.out:
+        raise ValueError("set both --input (or input=) and --out (or out=)")
+    if cfg.backend == "transformers":
+        require_pretrained(cfg.vlm.model, "vlm.model")  # before any data is read
+    prompt = cfg.prompt.build()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "run.yaml")
+
+    inputs = load_inputs(cfg.input)
+    kept = kept_rows(inputs, _TASK_COLUMNS)
+    previous = read_parts(out)
+    done = {cid for cid, r in previous.items() if r.get("caption_error") is None}
+    pending = [r for r in kept if r["clip_id"] not in done]  # errors are retried on resume
+    if cfg.limit is not None:
+        pending = pending[: cfg.limit]
+
+    start = time.perf_counter()
+    tokens = 0
+    model_seconds = 0.0
+    if pending:
+        init_ray(cfg.ray_address)
+        import ray
+
+        ds = ray.data.from_items(pending).map(decode_clip, fn_kwargs={"frames_cfg": cfg.frames}, num_cpus=cfg.decode_num_cpus)
+        if cfg.backend == "vllm":
+            from soraplan.captioner.vllm_backend import caption_with_vllm
+
+            ds = caption_with_vllm(ds, cfg.vlm, prompt, cfg.actors)
+        else:
+            ds = ds.map_batches(
+                CaptionStage,
+                fn_constructor_kwargs={"vlm_cfg": cfg.vlm, "prompt": prompt},
+                batch_size=cfg.actors.batch_size,
+                concurrency=cfg.actors.concurrency,
+                num_gpus=cfg.actors.num_gpus,
+                num_cpus=cfg.actors.num_cpus,
+            )
+        for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pandas"):
+            rows = batch.to_dict("records")
+            tokens += int(sum(r["caption_tokens"] for r in rows))
+            model_seconds += float(sum(r["caption_seconds"] for r in rows))
+            write_part(out, [_plain(r) for r in rows])
+    wall = time.perf_counter() - start
+
+    results = read_parts(out)
+    rows_out = assemble(out, inputs, results, [*CAPTION_FIELDS, CAPTION_ERROR_FIELD])
+    kept_ids = {r["clip_id"] for r in kept}
+    errors = sum(1 for cid in kept_ids if results.get(cid, {}).get("caption_error") is not None)
+    captioned = sum(1 for cid in kept_ids if results.get(cid, {}).get("vlm_caption") is not None)
+    summary = {
+        "rows_in": sum(t.num_rows for t in inputs.values()),
+        "rows_out": rows_out,
+        "kept": len(kept),
+        "captioned": captioned,
+        "errors": errors,
+        "missing": len(kept_ids) - captioned - errors,
+        "processed_this_run": len(pending),
+        "resumed_from_previous_runs": len(done & kept_ids),
+        "generated_tokens": tokens,
+        "wall_seconds": round(wall, 3),
+        "clips_per_s": round(len(pending) / wall, 4) if pending and wall > 0 else None,
+        "tokens_per_s": round(tokens / wall, 3) if pending and wall > 0 else None,
+        "model_tokens_per_s": round(tokens / model_seconds, 3) if model_seconds > 0 else None,
+        "model": cfg.vlm.model,
+        "prompt": prompt.id,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """pandas/numpy scalars -> Python values (NaN -> None) for a parquet part."""
+    plain = {}
+    for key, value in row.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and value != value:
+            value = None
+        plain[key] = value
+    return plain
+
+
+def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
+    parser = argparse.ArgumentParser(prog="soraplan-caption", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (pipelines/configs/caption*.yaml)")
+    parser.add_argument("--input", help="curated shard dir or a directory of video files")
+    parser.add_argument("--out", help="output dir for shards, parts and summary.json")
+    parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.input:
+        overrides.append(f"input={args.input}")
+    if args.out:
+        overrides.append(f"out={args.out}")
+    return load_config(CaptionJobConfig, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    summary = run(parse_args(argv))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Generation settings shared by the VLM captioner and the refiner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    do_sample: bool = False  # greedy by default: captions are reproducible
+    temperature: float = 0.7  # only used when do_sample
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        return kwargs
+
+
+def generated_lengths(new_tokens: Any, eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Tokens generated per row of a (B x T) tensor of new tokens: up to and including EOS."""
+    lengths = []
+    for row in new_tokens.tolist():
+        n = 0
+        for token in row:
+            if token in eos_ids:
+                n += 1
+                break
+            if token == pad_id:
+                break
+            n += 1
+        lengths.append(n)
+    return lengths

@@ -1,0 +1,92 @@
+"""The transformers VLM backend: frames + prompt -> caption, one model load per actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from soraplan.captioner.generation import GenerationConfig, generated_lengths
+from soraplan.captioner.hub import pick_device, torch_dtype
+from soraplan.captioner.postprocess import clean_caption
+from soraplan.captioner.prompts import PromptTemplate
+
+
+@dataclass
+class VLMConfig:
+    model: str = ""  # HF id or local dir of an AutoModelForImageTextToText + AutoProcessor
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+    # images: frames as separate images (LLaVA-1.6, Qwen2-VL); video: one video input
+    # (LLaVA-NeXT-Video, Qwen2-VL video mode).
+    frames_as: Literal["images", "video"] = "images"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def build(self, prompt: PromptTemplate) -> VLMCaptioner:
+        return VLMCaptioner(self, prompt)
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str | None
+    num_tokens: int
+    error: str | None = None
+
+
+class VLMCaptioner:
+    def __init__(self, cfg: VLMConfig, prompt: PromptTemplate) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.cfg, self.prompt = cfg, prompt
+        self.device = pick_device(cfg.device)
+        self.processor = AutoProcessor.from_pretrained(cfg.model)
+        if not getattr(self.processor, "chat_template", None):
+            raise ValueError(f"{cfg.model}: the processor has no chat template (vlm.model)")
+        self.processor.tokenizer.padding_side = "left"  # batched generation continues on the right
+        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch_dtype(cfg.dtype))
+        self.model.to(self.device).eval()
+        tok = self.processor.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        torch.manual_seed(cfg.generation.seed)
+
+    def _messages(self, num_frames: int) -> list[dict[str, Any]]:
+        visual = [{"type": "video"}] if self.cfg.frames_as == "video" else [{"type": "image"}] * num_frames
+        messages: list[dict[str, Any]] = []
+        if self.prompt.system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.prompt.system}]})
+        messages.append({"role": "user", "content": [*visual, {"type": "text", "text": self.prompt.user_text()}]})
+        return messages
+
+    def _generate(self, clips: list[np.ndarray]) -> list[Caption]:
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(self._messages(len(c)), add_generation_prompt=True, tokenize=False)
+            for c in clips
+        ]
+        visual = {"videos": clips} if self.cfg.frames_as == "video" else {"images": [list(c) for c in clips]}
+        inputs = self.processor(text=texts, **visual, return_tensors="pt", padding=True).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self.cfg.generation.kwargs(), pad_token_id=self.pad_id)
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        lengths = generated_lengths(new_tokens, self.eos_ids, self.pad_id)
+        return [Caption(clean_caption(t), n) for t, n in zip(decoded, lengths)]
+
+    def caption(self, clips: list[np.ndarray]) -> list[Caption]:
+        """One caption per clip (N x H x W x 3 frames); a failing clip gets an error, not an exception."""
+        if not clips:
+            return []
+        try:
+            return self._generate(clips)
+        except Exception as exc:
+            if len(clips) == 1:
+                return [Caption(None, 0, f"generation failed: {exc.__class__.__name__}: {exc}")]
+        # The batch failed: retry one by one so only the bad clips get error rows.
+        return [self.caption([clip])[0] for clip in clips]

@@ -1,0 +1,43 @@
+from soraplan.captioner.frames import FrameSamplingConfig
+from soraplan.captioner.postprocess import clean_caption
+from soraplan.captioner.prompts import PromptConfig
+
+from .conftest import CAPTION_PROMPTS, REFINE_PROMPTS
+
+
+def test_clean_caption_strips_boilerplate_and_whitespace():
+    assert clean_caption("The video shows a dog running on the beach.") == "A dog running on the beach."
+    assert clean_caption("  In this video,  a man\n walks  away .") == "A man walks away."
+    assert clean_caption("Sure! The clip depicts that two cats play") == "Two cats play"
+    assert clean_caption('"In the video we can see a red car ."') == "A red car."
+    # Content that merely starts like boilerplate is kept.
+    assert clean_caption("The videographer runs toward the sea.") == "The videographer runs toward the sea."
+
+
+def test_prompt_templates_by_id():
+    for file, ids in [(CAPTION_PROMPTS, ["video_describe", "video_dense"]), (REFINE_PROMPTS, ["osp_refine", "dense_target"])]:
+        for prompt_id in ids:
+            template = PromptConfig(file=str(file), id=prompt_id).build()
+            assert template.id == prompt_id and len(template.text) > 40
+    refine = PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine").build()
+    assert '"a {dog}"' in refine.user_text(caption="a {dog}")
+
+
+def test_prompt_errors_name_the_key(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="prompt.file"):
+        PromptConfig(file=str(tmp_path / "nope.yaml")).build()
+    with pytest.raises(KeyError, match="video_describe"):
+        PromptConfig(file=str(CAPTION_PROMPTS), id="missing").build()
+
+
+def test_frame_times():
+    keyframes = FrameSamplingConfig()
+    assert keyframes.times(0.0, 10.0) == [1.0, 5.0, 9.0]
+    uniform = FrameSamplingConfig(mode="uniform", num_frames=4)
+    assert uniform.times(2.0, 6.0) == [2.5, 3.5, 4.5, 5.5]
+    by_fps = FrameSamplingConfig(mode="fps", fps=2.0, max_frames=5)
+    assert by_fps.times(0.0, 2.0) == [0.25, 0.75, 1.25, 1.75]
+    assert len(by_fps.times(0.0, 100.0)) == 5
+    assert len(by_fps.times(0.0, 0.1)) == 1
