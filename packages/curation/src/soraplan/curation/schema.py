@@ -25,6 +25,7 @@ STATUSES = (STATUS_KEPT, STATUS_REJECTED, STATUS_ERROR)
 CLIP_FIELDS: list[pa.Field] = [
     pa.field("clip_id", pa.string(), nullable=False),  # source_id + segment span, stable
     pa.field("source_id", pa.string(), nullable=False),  # input clip id: video id + span
+    pa.field("segment_index", pa.int64()),  # position of this segment within its input clip
     pa.field("path", pa.string()),  # video file the segment lives in
     pa.field("start_s", pa.float64()),  # segment span in seconds of the source video
     pa.field("end_s", pa.float64()),
@@ -45,6 +46,9 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("reject_reasons", pa.list_(pa.string())),
     pa.field("error", pa.string()),
+    pa.field("error_stage", pa.string()),  # stage that failed: inputs, probe, decode, ...
+    # Wall time per stage for the whole input clip, on its first row only (so sums are right).
+    pa.field("stage_seconds", pa.map_(pa.string(), pa.float64())),
 ]
 CLIP_SCHEMA = pa.schema(CLIP_FIELDS)
 
@@ -62,7 +66,15 @@ REASON_TOO_SHORT = "too_short"
 REASON_STATIC = "static"
 REASON_CHAOTIC = "chaotic"
 REASON_SUBTITLES = "subtitles"
-REASON_LOW_AESTHETIC = "low_aesthetic"
+
+# Stages in the order they run (cheap to expensive), and the reasons each can give.
+STAGES = ("inputs", "probe", "decode", "cuts", "motion", "ocr")
+STAGE_OF_REASON = {
+    REASON_TOO_SHORT: "cuts",
+    REASON_STATIC: "motion",
+    REASON_CHAOTIC: "motion",
+    REASON_SUBTITLES: "ocr",
+}
 
 
 def empty_clip_row(**values: Any) -> dict[str, Any]:

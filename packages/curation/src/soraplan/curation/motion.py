@@ -1,0 +1,163 @@
+"""Motion scores from frames sampled every `frame_skip` frames.
+
+Each backend turns N sampled frames into N-1 distances between neighbours. The mean of the
+motion distances is the clip's motion score; outliers of the cut distances are jump cuts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class MotionConfig:
+    backend: Literal["flow", "lpips"] = "flow"
+    frame_skip: int = 4  # distance between sampled frames, in decoded frames
+    # Reject bounds per backend: static below min, chaotic above max. The flow bounds were
+    # calibrated on ../shared/devset (bench/eval_curation.py); the LPIPS bounds are
+    # Open-Sora-Plan v1.3's.
+    flow_min: float = 0.002
+    flow_max: float = 0.12
+    lpips_min: float = 0.001
+    lpips_max: float = 0.3
+    flow_short_side: int = 128  # flow runs on grey frames scaled to this short side
+    lpips_size: int = 224  # LPIPS input: short side scaled to this
+    lpips_batch_size: int = 16  # frame pairs per forward pass
+    weights_dir: str | None = None  # where LPIPS backbone weights live (default: torch hub cache)
+
+    def bounds(self) -> tuple[float, float]:
+        if self.backend == "flow":
+            return self.flow_min, self.flow_max
+        return self.lpips_min, self.lpips_max
+
+    def build(self) -> MotionBackend:
+        if self.backend == "flow":
+            return FlowMotion(self)
+        return LpipsMotion(self)
+
+
+class MotionBackend(Protocol):
+    name: str
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """Turn one sampled frame into what `distances` consumes (kept in memory per clip)."""
+
+    def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(motion distances, cut distances), each of length len(frames) - 1."""
+
+
+class FlowMotion:
+    """OpenCV Farneback dense optical flow; needs no downloaded weights.
+
+    Motion distance: mean flow magnitude as a fraction of the frame's short side.
+    Cut distance: mean absolute error after warping the second frame back along the flow,
+    which motion explains away and a jump to another shot does not.
+    """
+
+    name = "flow"
+
+    def __init__(self, cfg: MotionConfig) -> None:
+        self.short_side = cfg.flow_short_side
+        cv2.setNumThreads(1)
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = self.short_side / min(h, w)
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+
+    def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        motion, residual = [], []
+        for prev, nxt in zip(frames[:-1], frames[1:]):
+            flow = cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            motion.append(float(np.linalg.norm(flow, axis=-1).mean()) / min(prev.shape))
+            h, w = prev.shape
+            grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            warped = cv2.remap(nxt, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+            residual.append(float(np.abs(warped.astype(np.float32) - prev).mean()) / 255.0)
+        return np.asarray(motion), np.asarray(residual)
+
+
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, as LPIPS uses
+
+
+def find_alexnet_weights(weights_dir: str | None) -> Path:
+    """The AlexNet backbone file in `weights_dir` or the torch hub cache, or a clear error."""
+    import torch
+
+    candidates = []
+    if weights_dir:
+        candidates.append(Path(weights_dir) / ALEXNET_FILE)
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"LPIPS motion needs the AlexNet backbone weights {ALEXNET_FILE}; looked in "
+        f"{', '.join(str(c) for c in candidates)}. Set motion.weights_dir to a folder holding it, "
+        "or use motion.backend=flow, which needs no weights."
+    )
+
+
+class LpipsMotion:
+    """AlexNet LPIPS between sampled frames, batched; the reference motion measure."""
+
+    name = "lpips"
+
+    def __init__(self, cfg: MotionConfig) -> None:
+        import lpips
+        import torch
+
+        weights = find_alexnet_weights(cfg.weights_dir)
+        self.torch = torch
+        self.size = cfg.lpips_size
+        self.batch_size = cfg.lpips_batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        alex_layers = model.net
+        for slice_index in range(1, 6):
+            block = getattr(alex_layers, f"slice{slice_index}")
+            block.load_state_dict({k: v for k, v in features.items() if k.split(".")[0] in block._modules})
+        self.model = model.eval().to(self.device)
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = self.size / min(h, w)
+        return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+    def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        if len(frames) < 2:
+            return np.zeros(0), np.zeros(0)
+        stack = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(frames) - 1, self.batch_size):
+                a = stack[i : i + self.batch_size].to(self.device)
+                b = stack[i + 1 : i + 1 + self.batch_size].to(self.device)
+                a = a[: b.shape[0]]
+                out.append(self.model(a, b).flatten().cpu().numpy())
+        d = np.concatenate(out).astype(np.float64)
+        return d, d
+
+
+def set_threads(num_cpus: float) -> None:
+    """Keep each actor's math libraries within its CPU share, so actors don't oversubscribe."""
+    threads = max(1, int(num_cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    cv2.setNumThreads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass

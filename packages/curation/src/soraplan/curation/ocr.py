@@ -1,0 +1,126 @@
+"""Burned-in text: PP-OCR text detection (RapidOCR, models inside its wheel).
+
+Only the detector runs: where text is, not what it says, is what the filters need. A subtitle
+is text that recurs in the lower band, centred horizontally, across the sampled frames;
+watermarks and logos sit off-centre or in corners and text in the scene moves with it, so
+neither rejects a clip. The crop box cuts edge text away, at most `max_crop` per side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class OcrConfig:
+    enabled: bool = True
+    fps: float = 1.0  # frames sampled per second of each segment
+    max_frames: int = 5  # at most this many frames per segment, spread evenly
+    det_limit_side_len: int = 640  # detector input: longer side scaled down to this
+    det_box_thresh: float = 0.5
+    subtitle_band: float = 0.65  # a subtitle box's centre lies below this fraction of the height
+    center_tolerance: float = 0.12  # ... and within this fraction of the width from the centre
+    max_box_height: float = 0.15  # taller boxes are scene text or titles, not subtitle lines
+    min_fraction: float = 0.5  # subtitle lines must appear in at least this share of samples
+    max_area_ratio: float | None = None  # optionally also reject above this text-area ratio
+    max_crop: float = 0.2  # crop at most this fraction of each side
+    edge_band: float = 0.2  # text entirely within this band of a side is edge text
+    num_threads: int = 1
+
+    def build(self) -> TextDetector:
+        return TextDetector(self)
+
+
+@dataclass(frozen=True)
+class TextVerdict:
+    area_ratio: float  # mean over samples of the text-box area / frame area
+    subtitles: bool
+    crop: tuple[int, int, int, int]  # x0, x1, y0, y1 in the frame's pixels
+    num_frames: int
+
+
+class TextDetector:
+    def __init__(self, cfg: OcrConfig) -> None:
+        from rapidocr import RapidOCR
+
+        self.cfg = cfg
+        self.engine = RapidOCR(
+            params={
+                "Global.use_cls": False,
+                "Global.use_rec": False,
+                "Global.log_level": "error",
+                "Det.limit_type": "max",
+                "Det.limit_side_len": cfg.det_limit_side_len,
+                "Det.box_thresh": cfg.det_box_thresh,
+                "EngineConfig.onnxruntime.intra_op_num_threads": cfg.num_threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+        )
+
+    def boxes(self, rgb: np.ndarray) -> np.ndarray:
+        """Axis-aligned text boxes (x0, y0, x1, y1) in pixels, shape (K, 4)."""
+        # RapidOCR expects OpenCV's BGR channel order.
+        result = self.engine(np.ascontiguousarray(rgb[..., ::-1]))
+        if result.boxes is None or len(result.boxes) == 0:
+            return np.zeros((0, 4))
+        quads = np.asarray(result.boxes, dtype=np.float64)
+        return np.concatenate([quads.min(axis=1), quads.max(axis=1)], axis=1)
+
+    def judge(self, frames: list[np.ndarray]) -> TextVerdict:
+        """Run the detector on a segment's sampled frames and judge them together."""
+        return judge_boxes([self.boxes(f) for f in frames], frames[0].shape[1], frames[0].shape[0], self.cfg)
+
+
+def judge_boxes(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrConfig) -> TextVerdict:
+    areas, subtitle_hits = [], 0
+    for boxes in per_frame:
+        mask = np.zeros((height, width), dtype=bool)
+        for x0, y0, x1, y1 in boxes.astype(int):
+            mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+        areas.append(mask.mean())
+        subtitle_hits += bool(_subtitle_lines(boxes, width, height, cfg).any())
+    n = len(per_frame)
+    needed = max(min(2, n), cfg.min_fraction * n)
+    all_boxes = np.concatenate(per_frame) if per_frame else np.zeros((0, 4))
+    return TextVerdict(
+        area_ratio=float(np.mean(areas)) if areas else 0.0,
+        subtitles=n > 0 and subtitle_hits >= needed,
+        crop=crop_box(all_boxes, width, height, cfg),
+        num_frames=n,
+    )
+
+
+def _subtitle_lines(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> np.ndarray:
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=bool)
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    box_h = boxes[:, 3] - boxes[:, 1]
+    return (
+        (cy >= cfg.subtitle_band * height)
+        & (np.abs(cx - width / 2) <= cfg.center_tolerance * width)
+        & (box_h <= cfg.max_box_height * height)
+    )
+
+
+def crop_box(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1) that leaves out text lying entirely within an edge band, as far as
+    `max_crop` per side allows."""
+    x0, x1, y0, y1 = 0.0, float(width), 0.0, float(height)
+    bx, by = cfg.edge_band * width, cfg.edge_band * height
+    for bx0, by0, bx1, by1 in boxes:
+        if by1 <= by:  # top band
+            y0 = max(y0, by1)
+        elif by0 >= height - by:  # bottom band
+            y1 = min(y1, by0)
+        elif bx1 <= bx:  # left band
+            x0 = max(x0, bx1)
+        elif bx0 >= width - bx:  # right band
+            x1 = min(x1, bx0)
+    x0 = min(x0, cfg.max_crop * width)
+    y0 = min(y0, cfg.max_crop * height)
+    x1 = max(x1, (1 - cfg.max_crop) * width)
+    y1 = max(y1, (1 - cfg.max_crop) * height)
+    return int(np.floor(x0)), int(np.ceil(x1)), int(np.floor(y0)), int(np.ceil(y1))

@@ -1,0 +1,141 @@
+"""The curation job: input clips -> Ray Data actor pool -> Parquet shards + summary.
+
+Resume is keyed on clip ids: input clips whose rows are already in `<out>/clips` are skipped,
+and files left unreadable by a killed run are moved aside, so a rerun adds exactly the
+missing clips. Files are only ever added, never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
+from soraplan.curation.config import dump_yaml
+from soraplan.curation.inputs import InputClip, read_inputs
+from soraplan.curation.motion import set_threads
+from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files
+from soraplan.curation.summary import summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray on the spot; "auto": join a cluster
+    concurrency: int = 2  # analyzer actors
+    num_cpus: float = 0.9  # per actor; below 1 so write tasks still find a CPU on small nodes
+    num_gpus: float = 0.0  # per actor (model scorers run on it when > 0)
+    batch_size: int = 1  # input clips per actor call
+    rows_per_file: int = 256  # rows gathered before a shard file is written
+    local_num_cpus: int | None = None  # CPUs of the local instance (default: all)
+
+
+@dataclass
+class CurateConfig:
+    input: str | None = None  # Panda-70M CSV manifest or a directory of videos
+    video_root: str | None = None  # where the manifest's videos live (default: its folder)
+    out: str | None = None
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _prepare_out(out: Path) -> set[str]:
+    """Move unreadable (partial) shard files aside; return source ids already done."""
+    clips_dir = out / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    for path in shard_files(clips_dir):
+        try:
+            pq.ParquetFile(path).metadata  # a file cut off mid-write has no footer
+        except (pa.ArrowInvalid, OSError) as exc:
+            aside = out / "partial" / path.name
+            aside.parent.mkdir(exist_ok=True)
+            shutil.move(str(path), aside)
+            log.warning("moved partial shard %s aside (%s)", path.name, exc)
+    done = read_clip_table(clips_dir, columns=["source_id"])
+    return set(done["source_id"].to_pylist())
+
+
+def _init_ray(cfg: RayConfig) -> None:
+    # Set before Ray is imported, which reads them once: stay on loopback, and let workers use
+    # this interpreter and venv instead of Ray's `uv run` hook rebuilding a venv per job.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.local_num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+class _RayClipAnalyzer(ClipAnalyzer):
+    """The analyzer as Ray constructs it in each actor: pinned to its CPU share."""
+
+    def __init__(self, cfg: AnalyzeConfig, num_cpus: float) -> None:
+        set_threads(num_cpus)
+        super().__init__(cfg)
+
+
+def run(cfg: CurateConfig) -> dict[str, Any]:
+    """Curate `cfg.input` into `cfg.out`; returns the summary (also written to summary.json)."""
+    if not cfg.input or not cfg.out:
+        raise ValueError("set input and out (--input/--out or the config keys input/out)")
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "run.yaml")
+    try:
+        clips = read_inputs(cfg.input, cfg.video_root)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read input {cfg.input}: {exc}")
+    unique: dict[str, InputClip] = {}
+    for clip in clips:
+        unique.setdefault(clip.source_id, clip)
+    done = _prepare_out(out)
+    todo = [c for c in unique.values() if c.source_id not in done]
+    log.info("%d input clips (%d duplicates), %d already done, %d to process",
+             len(clips), len(clips) - len(unique), len(unique) - len(todo), len(todo))
+    # Build the scorers once in the driver first: a missing weight fails here, before any data.
+    ClipAnalyzer(cfg.analyze)
+    if todo:
+        _run_ray(cfg, todo, out / "clips")
+    summary = summarize(out, cfg, inputs=len(clips), duplicates=len(clips) - len(unique),
+                        wall_s=time.time() - started)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
+    import ray
+
+    _init_ray(cfg.ray)
+    items = [c.to_row() for c in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        _RayClipAnalyzer,
+        fn_constructor_kwargs={"cfg": cfg.analyze, "num_cpus": cfg.ray.num_cpus},
+        batch_size=cfg.ray.batch_size,
+        # Ray Data restarts a dead actor and retries its tasks, so a killed worker loses no rows.
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency),
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=cfg.ray.num_gpus or None,
+        batch_format="numpy",
+    )
+    ds.write_parquet(
+        str(clips_dir),
+        schema=CLIP_SCHEMA,
+        min_rows_per_file=cfg.ray.rows_per_file,
+        ray_remote_args={"num_cpus": 0.1},
+    )
