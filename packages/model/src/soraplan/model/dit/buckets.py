@@ -1,0 +1,64 @@
+"""Bucketing clips by (T, H, W) for joint image-video training.
+
+A clip is resized to an area between `min_hxw` and `max_hxw` pixels keeping its aspect ratio,
+centre-cropped to multiples of `hw_stride`, resampled to `train_fps`, and cut to the largest
+T = 1 + 4n frames within `num_frames` (the VAE compresses time 4x after the first frame).
+Images are T = 1 samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Bucket = tuple[int, int, int]  # (frames, height, width) in pixels
+
+
+@dataclass
+class BucketConfig:
+    min_hxw: int = 320 * 320
+    max_hxw: int = 384 * 616
+    hw_stride: int = 32
+    train_fps: float = 16.0
+    num_frames: int = 93
+    min_num_frames: int = 29  # shorter clips are skipped; images (1 frame) always pass
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """How to turn one clip into a bucket-shaped sample."""
+
+    bucket: Bucket
+    resize: tuple[int, int]  # (width, height) of the cropped region after resizing
+    times_s: tuple[float, ...]  # source times of the frames to take, relative to the clip start
+
+
+def resize_for_area(width: int, height: int, min_hxw: int, max_hxw: int) -> tuple[int, int]:
+    area = width * height
+    scale = math.sqrt(min(max(area, min_hxw), max_hxw) / area)
+    return round(width * scale), round(height * scale)
+
+
+def plan_clip(width: int, height: int, num_frames: int, fps: float,
+              cfg: BucketConfig) -> ClipPlan | None:
+    """The bucket and frame times of a clip (`num_frames` == 1 for an image), or None to skip."""
+    new_w, new_h = resize_for_area(width, height, cfg.min_hxw, cfg.max_hxw)
+    crop_w, crop_h = new_w // cfg.hw_stride * cfg.hw_stride, new_h // cfg.hw_stride * cfg.hw_stride
+    if crop_w == 0 or crop_h == 0:
+        return None
+    if num_frames <= 1:
+        return ClipPlan((1, crop_h, crop_w), (new_w, new_h), (0.0,))
+    # Frames available at train_fps; a clip slower than train_fps keeps its own frames.
+    step_s = 1.0 / min(fps, cfg.train_fps)
+    available = int(math.floor(num_frames / fps / step_s + 1e-6))
+    if available < cfg.min_num_frames:
+        return None
+    frames = (min(available, cfg.num_frames) - 1) // 4 * 4 + 1
+    return ClipPlan((frames, crop_h, crop_w), (new_w, new_h),
+                    tuple(i * step_s for i in range(frames)))
+
+
+def latent_shape(bucket: Bucket, temporal_factor: int, spatial_factor: int) -> Bucket:
+    """Latent (T, H, W) of a pixel bucket: 1 + (T - 1) / ft frames (causal VAE), H / fs, W / fs."""
+    t, h, w = bucket
+    return 1 + (t - 1) // temporal_factor, h // spatial_factor, w // spatial_factor

@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
+from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
+from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig, save_tiny_t5
+
+
+def tiny(**overrides) -> SkiparseDiT:
+    torch.manual_seed(0)
+    return SkiparseDiT.from_named_config("tiny", **overrides)
+
+
+def randomize_outputs(model: SkiparseDiT) -> None:
+    # The output projection starts at zero; make it random so outputs depend on the inputs.
+    torch.nn.init.normal_(model.proj_out.weight, std=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    return save_tiny_t5(tmp_path_factory.mktemp("t5"), d_model=32)
+
+
+def test_named_configs_match_issue():
+    big = DIT_CONFIGS["skiparse-2.7b"]
+    assert (big["num_layers"], big["num_heads"], big["head_dim"], big["text_dim"],
+            big["sparse_k"]) == (32, 24, 96, 4096, 4)
+    with torch.device("meta"):
+        model = SkiparseDiT.from_named_config("skiparse-2.7b")
+    params = sum(p.numel() for p in model.parameters())
+    assert 2.6e9 < params < 2.9e9
+    kinds = [b.attn.kind for b in model.blocks]
+    assert kinds[:2] == ["full", "full"] and kinds[-2:] == ["full", "full"]
+    assert kinds[2:6] == ["single_skip", "group_skip", "single_skip", "group_skip"]
+
+
+@pytest.mark.parametrize("mode", ["full", "spatial_temporal", "skip_window", "skiparse"])
+def test_forward_shape_and_save_load_roundtrip(mode, tmp_path):
+    model = tiny(attention_mode=mode).eval()
+    randomize_outputs(model)
+    latents = torch.randn(2, 4, 3, 8, 6)
+    text, mask = torch.randn(2, 5, 32), torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]).bool()
+    out = model(latents, torch.tensor([10, 500]), text, mask)
+    assert out.shape == latents.shape
+    model.save_pretrained(tmp_path / "dit")
+    assert (tmp_path / "dit" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = SkiparseDiT.from_pretrained(tmp_path / "dit").eval()
+    assert loaded.config.attention_mode == mode
+    torch.testing.assert_close(loaded(latents, torch.tensor([10, 500]), text, mask), out)
+
+
+def test_padded_latents_and_text_do_not_leak():
+    model = tiny().eval()
+    randomize_outputs(model)
+    latents = torch.randn(1, 4, 3, 8, 8)
+    latent_mask = torch.ones(1, 3, 8, 8, dtype=torch.bool)
+    latent_mask[:, 2] = False  # last latent frame is padding
+    text, text_mask = torch.randn(1, 6, 32), torch.tensor([[1, 1, 1, 0, 0, 0]]).bool()
+    t = torch.tensor([300])
+    out_a = model(latents, t, text, text_mask, latent_mask)
+    latents_b, text_b = latents.clone(), text.clone()
+    latents_b[:, :, 2] = 100 * torch.randn(1, 4, 8, 8)
+    text_b[:, 3:] = 100 * torch.randn(1, 3, 32)
+    out_b = model(latents_b, t, text_b, text_mask, latent_mask)
+    torch.testing.assert_close(out_a[:, :, :2], out_b[:, :, :2], rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_by_path_and_cache(tiny_t5, tmp_path):
+    encoder = TextEncoderConfig(path=str(tiny_t5), max_length=32).build()
+    prompts = ["a red car drives", ""]
+    states, mask = encoder.encode(prompts)
+    assert states.shape[-1] == 32 and mask[1].sum() == 1  # the empty prompt is just </s>
+    cache = TextEmbeddingCache(tmp_path / "cache")
+    assert cache.missing(prompts) == sorted(prompts)
+    cache.fill(encoder, prompts)
+    cached, cached_mask = cache.get(prompts)
+    torch.testing.assert_close(cached, states[:, : cached.shape[1]])
+    assert torch.equal(cached_mask, mask[:, : cached.shape[1]])
+    model = tiny().eval()
+    assert model(torch.randn(2, 4, 1, 4, 4), torch.tensor([1, 2]), cached, cached_mask).isfinite().all()
+
+
+def test_missing_text_encoder_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="text_encoder.path"):
+        TextEncoderConfig(path=str(tmp_path / "nope")).build()
+
+
+def test_tiny_dit_overfits_a_handful_of_latents():
+    torch.manual_seed(0)
+    model = tiny()
+    diffusion = DiffusionConfig()
+    scheduler = diffusion.train_scheduler()
+    latents = torch.randn(4, 4, 3, 8, 8)
+    text = torch.randn(4, 3, 32)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    eval_seeds = [[1000 + 10 * i + j for j in range(4)] for i in range(8)]
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return sum(diffusion_loss(model, scheduler, latents, text, mask, s).mean().item()
+                       for s in eval_seeds) / len(eval_seeds)
+
+    before = eval_loss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for step in range(300):
+        loss = diffusion_loss(model, scheduler, latents, text, mask,
+                              [4 * step + j for j in range(4)]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = eval_loss()
+    assert after < before / 10, (before, after)
+
+
+def test_sampling_runs_with_cfg_and_is_seeded():
+    model = tiny().eval()
+    randomize_outputs(model)
+    diffusion = DiffusionConfig(sample_steps=4)
+    text, mask = torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool)
+    null, null_mask = torch.zeros(1, 1, 32), torch.ones(1, 1, dtype=torch.bool)
+    null = torch.cat([null, torch.zeros(1, 2, 32)], 1)
+    null_mask = torch.cat([null_mask, torch.zeros(1, 2, dtype=torch.bool)], 1)
+    kwargs = dict(latent_shape=(4, 2, 4, 4), text_states=text, text_mask=mask, null_states=null,
+                  null_mask=null_mask, steps=4, guidance_scale=7.5)
+    a = sample_latents(model, diffusion.sample_scheduler(), seed=3, **kwargs)
+    b = sample_latents(model, diffusion.sample_scheduler(), seed=3, **kwargs)
+    c = sample_latents(model, diffusion.sample_scheduler(), seed=4, **kwargs)
+    assert a.shape == (1, 4, 2, 4, 4) and a.isfinite().all()
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    sched = diffusion.sample_scheduler()
+    sched.set_timesteps(4)
+    assert sched.timesteps[0] == 999  # trailing spacing starts at the zero-SNR step
