@@ -1,0 +1,59 @@
+"""Named WF-VAE configs (the one registry) and the config dataclass that builds a model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from soraplan.model.vae.modeling_wfvae import WFVAEModel
+
+WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "wfvae-s": dict(base_channels=128, latent_channels=8),
+    "wfvae-m": dict(base_channels=160, latent_channels=4),
+    "wfvae-l": dict(base_channels=192, latent_channels=16),
+    # Small enough to train on a CPU in minutes; for tests, smoke runs and the CPU figures.
+    "wfvae-tiny": dict(
+        base_channels=16, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
+        encoder_energy_flow_channels=16, decoder_energy_flow_channels=16,
+    ),
+}
+
+
+@dataclass
+class WFVAEConfig:
+    """Which WF-VAE to build. The first of `pretrained`, `config_file`, `name` that is set wins."""
+
+    name: str = "wfvae-s"  # a key of WFVAE_CONFIGS
+    config_file: str | None = None  # a diffusers config.json (random weights)
+    pretrained: str | None = None  # local dir or HF hub id saved with save_pretrained
+    overrides: dict[str, Any] = field(default_factory=dict)  # model kwargs on top of the name
+
+    def build(self) -> WFVAEModel:
+        if self.pretrained:
+            return load_pretrained(self.pretrained)
+        if self.config_file:
+            return WFVAEModel.from_config(WFVAEModel.load_config(self.config_file))
+        if self.name not in WFVAE_CONFIGS:
+            raise KeyError(f"unknown WF-VAE config {self.name!r}; known: {sorted(WFVAE_CONFIGS)}")
+        return WFVAEModel(**{**WFVAE_CONFIGS[self.name], **self.overrides})
+
+
+def load_pretrained(path_or_id: str, config_key: str = "model.pretrained") -> WFVAEModel:
+    """from_pretrained, failing with a message that names what is missing and the key to set."""
+    if Path(path_or_id).exists():
+        return WFVAEModel.from_pretrained(path_or_id)
+    looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1
+    if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"WF-VAE weights not found at {path_or_id!r} (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); "
+            f"set {config_key} to a directory written by save_pretrained"
+        )
+    try:
+        return WFVAEModel.from_pretrained(path_or_id)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"could not load WF-VAE {path_or_id!r} from the Hugging Face hub ({exc}); "
+            f"set {config_key} to a local directory written by save_pretrained"
+        ) from exc
