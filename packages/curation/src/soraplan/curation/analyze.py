@@ -111,8 +111,9 @@ class ClipAnalyzer:
         except VideoDecodeError as exc:
             raise StageError("probe", str(exc)) from None
         timings["probe"] += time.perf_counter() - t0
-        end = info.duration_s if clip.end_s is None else min(clip.end_s, info.duration_s)
-        if end <= clip.start_s:
+        # A whole-file clip runs to its last frame, wherever the header says the video ends.
+        end = None if clip.end_s is None else min(clip.end_s, info.duration_s)
+        if clip.start_s >= (info.duration_s if end is None else end):
             raise StageError("probe", f"span {clip.start_s:.3f}-{clip.end_s}s lies outside the video "
                                       f"(duration {info.duration_s:.3f}s): {clip.path}")
         cfg = self.cfg
@@ -155,7 +156,7 @@ class ClipAnalyzer:
         timings["motion"] += t_motion
         timings["decode"] += t_total - t_detect - t_motion
         if not times:
-            raise StageError("decode", f"no frames decoded between {clip.start_s:.3f}s and {end:.3f}s: {clip.path}")
+            raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to {end or 'the end'}: {clip.path}")
         return DecodedClip(info, times, np.asarray(change), cut_positions, motion_pos, motion_frames,
                            ocr_times, ocr_frames, size)
 

@@ -25,8 +25,7 @@ class OcrConfig:
     max_box_height: float = 0.15  # taller boxes are scene text or titles, not subtitle lines
     min_fraction: float = 0.5  # subtitle lines must appear in at least this share of samples
     max_area_ratio: float | None = None  # optionally also reject above this text-area ratio
-    max_crop: float = 0.2  # crop at most this fraction of each side
-    edge_band: float = 0.2  # text entirely within this band of a side is edge text
+    max_crop: float = 0.2  # crop at most this fraction of each side, to cut edge text away
     num_threads: int = 1
 
     def build(self) -> TextDetector:
@@ -106,10 +105,10 @@ def _subtitle_lines(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) 
 
 
 def crop_box(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> tuple[int, int, int, int]:
-    """(x0, x1, y0, y1) that leaves out text lying entirely within an edge band, as far as
-    `max_crop` per side allows."""
+    """(x0, x1, y0, y1) that leaves out text lying entirely within `max_crop` of an edge; text
+    reaching deeper cannot be cropped away and is left in."""
     x0, x1, y0, y1 = 0.0, float(width), 0.0, float(height)
-    bx, by = cfg.edge_band * width, cfg.edge_band * height
+    bx, by = cfg.max_crop * width, cfg.max_crop * height
     for bx0, by0, bx1, by1 in boxes:
         if by1 <= by:  # top band
             y0 = max(y0, by1)
@@ -119,8 +118,4 @@ def crop_box(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> tupl
             x0 = max(x0, bx1)
         elif bx0 >= width - bx:  # right band
             x1 = min(x1, bx0)
-    x0 = min(x0, cfg.max_crop * width)
-    y0 = min(y0, cfg.max_crop * height)
-    x1 = max(x1, (1 - cfg.max_crop) * width)
-    y1 = max(y1, (1 - cfg.max_crop) * height)
     return int(np.floor(x0)), int(np.ceil(x1)), int(np.floor(y0)), int(np.ceil(y1))
