@@ -56,10 +56,14 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -
 
 def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
                    text_states: Tensor, text_mask: Tensor | None, seeds: list[int],
-                   snr_gamma: float = 5.0, latent_mask: Tensor | None = None) -> Tensor:
-    """Per-sample loss (B,): weighted v-prediction MSE averaged over each sample's real latents."""
+                   snr_gamma: float = 5.0, latent_mask: Tensor | None = None,
+                   timesteps: Tensor | None = None) -> Tensor:
+    """Per-sample loss (B,): weighted v-prediction MSE averaged over each sample's real latents.
+    Timesteps are drawn from the seeds unless given (fixed timesteps for evaluation)."""
     noise = seeded_normal(tuple(latents.shape[1:]), seeds).to(latents)
-    timesteps = seeded_timesteps(scheduler.config.num_train_timesteps, seeds).to(latents.device)
+    if timesteps is None:
+        timesteps = seeded_timesteps(scheduler.config.num_train_timesteps, seeds)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     pred = model(noisy, timesteps, text_states, text_mask, latent_mask)
