@@ -249,7 +249,3 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         video, decoder_coeffs = self.decoder(z)
         return WFVAEOutput(video, posterior, encoder_coeffs, decoder_coeffs)
-
-    def last_decoder_weight(self) -> torch.Tensor:
-        """The parameter the adversarial loss's adaptive weight is measured at."""
-        return self.decoder.conv_out.weight

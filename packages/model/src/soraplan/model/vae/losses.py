@@ -1,0 +1,157 @@
+"""WF-VAE training losses: L1 + LPIPS, KL, wavelet-coefficient L1, and a 3D PatchGAN hinge loss
+whose weight adapts to the ratio of gradient norms at the decoder's last layer.
+
+As in the WF-VAE/taming recipe, the reconstruction, KL and wavelet terms are summed over pixels
+and averaged over the batch, so `kl_weight` 1e-6 and `wavelet_weight` 0.1 mean what they do there.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soraplan.model.vae.modeling_wfvae import WFVAEOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VAELossConfig:
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0
+    lpips_net: str = "vgg"  # "vgg" or "alex"
+    # torchvision state dict (.pth / .safetensors) of the LPIPS backbone (vgg16 or alexnet);
+    # unset or missing -> LPIPS is off with a warning (torchvision would download it).
+    lpips_backbone_weights: str | None = None
+    kl_weight: float = 1e-6
+    wavelet_weight: float = 0.1
+    disc_weight: float = 0.5
+    disc_start_step: int = 2000
+    disc_channels: int = 64
+    disc_layers: int = 3
+    adaptive_weight_max: float = 1e4
+
+
+class PatchDiscriminator3D(nn.Module):
+    """PatchGAN over space-time: stride-2 3D convs, one logit per patch. Works for T = 1 too."""
+
+    def __init__(self, channels: int = 64, num_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv3d(3, channels, (3, 4, 4), 2, 1), nn.LeakyReLU(0.2)]
+        width = channels
+        for i in range(1, num_layers + 1):
+            out = channels * min(2**i, 8)
+            stride = 2 if i < num_layers else 1
+            # GroupNorm, not BatchNorm: no running statistics, so replicas and resumes agree.
+            layers += [nn.Conv3d(width, out, (3, 4, 4), stride, 1), nn.GroupNorm(min(32, out), out), nn.LeakyReLU(0.2)]
+            width = out
+        layers.append(nn.Conv3d(width, 1, (3, 4, 4), 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def video_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), batch-major."""
+    return x.transpose(1, 2).flatten(0, 1)
+
+
+def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def load_lpips(net: str, backbone_weights: str | None) -> nn.Module | None:
+    """LPIPS with its calibrated linear heads (shipped in the `lpips` wheel) on a backbone loaded
+    from `backbone_weights`; None, with a warning, when those weights are not available."""
+    if not backbone_weights or not Path(backbone_weights).is_file():
+        warnings.warn(
+            f"LPIPS is off: no {net} backbone weights at {backbone_weights!r} (set "
+            "loss.lpips_backbone_weights to a torchvision state dict); training without the perceptual term",
+            stacklevel=2,
+        )
+        return None
+    import lpips  # deferred: importing lpips takes ~15 s
+
+    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if backbone_weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(backbone_weights)
+    else:
+        state = torch.load(backbone_weights, map_location="cpu", weights_only=True)
+    # lpips keeps torchvision's `features.<i>` layers in slices named `slice<k>.<i>`.
+    mapped = {name: state[f"features.{name.split('.', 1)[1]}"] for name, _ in model.net.named_parameters()}
+    model.net.load_state_dict(mapped)
+    return model.eval().requires_grad_(False)
+
+
+class VAELoss(nn.Module):
+    """Generator and discriminator objectives (the discriminator itself is trained apart)."""
+
+    def __init__(self, cfg: VAELossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lpips = load_lpips(cfg.lpips_net, cfg.lpips_backbone_weights) if cfg.lpips_weight > 0 else None
+
+    def disc_active(self, step: int) -> bool:
+        return step >= self.cfg.disc_start_step
+
+    def generator_loss(
+        self, x: torch.Tensor, out: WFVAEOutput, step: int, discriminator: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """A surrogate scalar whose gradient is that of the generator loss, and the loss terms.
+
+        The pixel terms (L1, LPIPS, adversarial) are evaluated on a detached copy of the
+        reconstruction, and their gradient there is pushed through the model with one backward
+        of <reconstruction, gradient>. So the model graph sees a single backward, which DeepSpeed
+        requires (its hooks fire on every backward pass through an engine's graph), and the
+        adaptive weight needs no extra pass through the model: it is the ratio of the two
+        gradient norms at the decoder output, which the last layer (`decoder.conv_out`) feeds
+        through a fixed orthonormal inverse wavelet.
+        """
+        cfg, b = self.cfg, x.shape[0]
+        recon = out.sample.detach().requires_grad_(True)
+        per_pixel = cfg.l1_weight * (x - recon).abs()
+        lpips_value = torch.zeros((), device=x.device)
+        if self.lpips is not None:
+            per_frame = self.lpips(video_frames(x).float(), video_frames(recon).float()).to(x.dtype)
+            lpips_value = per_frame.mean()
+            per_pixel = per_pixel + cfg.lpips_weight * per_frame.view(b, 1, -1, 1, 1)
+        nll = per_pixel.sum() / b
+        pixel_loss = nll
+        stats = {"l1": (x - recon).abs().mean().item(), "lpips": lpips_value.item(), "nll": nll.item()}
+        if self.disc_active(step):
+            g_loss = -discriminator(recon).mean()
+            d_weight = self.adaptive_weight(nll, g_loss, recon)
+            pixel_loss = nll + d_weight * g_loss
+            stats.update(g_loss=g_loss.item(), d_weight=d_weight.item())
+        (grad_recon,) = torch.autograd.grad(pixel_loss, recon)
+        kl = out.latent_dist.kl().mean()
+        wavelet = sum((e - d).abs().sum() for e, d in zip(out.encoder_coeffs, out.decoder_coeffs)) / b
+        extra = cfg.kl_weight * kl + cfg.wavelet_weight * wavelet
+        surrogate = (out.sample * grad_recon).sum() + extra
+        stats.update(kl=kl.item(), wavelet=wavelet.item(), loss=pixel_loss.item() + extra.item())
+        return surrogate, stats
+
+    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Scale the adversarial term so its gradient norm at `at` matches the reconstruction's."""
+        nll_grad = torch.autograd.grad(nll, at, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, at, retain_graph=True)[0]
+        ratio = nll_grad.norm() / (g_grad.norm() + 1e-4)
+        return ratio.clamp(0.0, self.cfg.adaptive_weight_max).detach() * self.cfg.disc_weight
+
+    def discriminator_loss(
+        self, x: torch.Tensor, recon: torch.Tensor, discriminator: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        logits_real = discriminator(x.detach())
+        logits_fake = discriminator(recon.detach())
+        loss = hinge_discriminator_loss(logits_real, logits_fake)
+        return loss, {"d_loss": loss.item(), "logits_real": logits_real.mean().item(),
+                      "logits_fake": logits_fake.mean().item()}
