@@ -111,9 +111,10 @@ class ClipAnalyzer:
         except VideoDecodeError as exc:
             raise StageError("probe", str(exc)) from None
         timings["probe"] += time.perf_counter() - t0
-        # A whole-file clip runs to its last frame, wherever the header says the video ends.
-        end = None if clip.end_s is None else min(clip.end_s, info.duration_s)
-        if clip.start_s >= (info.duration_s if end is None else end):
+        # Decoding runs to the span's end or the last frame, wherever the header says the video
+        # ends: header durations of variable-frame-rate files can fall short of the last frame.
+        end = clip.end_s
+        if clip.start_s >= info.duration_s:
             raise StageError("probe", f"span {clip.start_s:.3f}-{clip.end_s}s lies outside the video "
                                       f"(duration {info.duration_s:.3f}s): {clip.path}")
         cfg = self.cfg

@@ -1,0 +1,174 @@
+"""The curation job through Ray: bad input, resume, and killed processes lose no rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from soraplan.curation.config import load_config
+from soraplan.curation.pipeline import CurateConfig, run
+from soraplan.curation.schema import read_clip_table
+from soraplan.curation.synthetic import make_video
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def curate_config(input_path: Path, out: Path, *overrides: str) -> CurateConfig:
+    return load_config(CurateConfig, REPO / "pipelines/configs/curate.yaml",
+                       [f"input={input_path}", f"out={out}", *overrides])
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["videoID", "url", "timestamp", "caption", "matching_score"])
+        for video_id, spans in rows:
+            n = spans.count("], [") + 1
+            writer.writerow([video_id, "", spans, str(["a caption"] * n), str([0.5] * n)])
+    return path
+
+
+def test_every_bad_input_becomes_an_error_row(local_ray, tmp_path, media, bad_media):
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name, path in {**media, **bad_media}.items():
+        shutil.copy(path, root / f"{name}.mp4")
+    one_span = "[['0:00:00.000', '0:00:02.400']]"
+    rows = [
+        ("three_shots", "[['0:00:00.000', '0:00:05.000'], ['0:00:05.000', '0:00:08.000']]"),
+        ("three_shots", "[['0:00:00.000', '0:00:05.000']]"),  # duplicate span: processed once
+        ("vfr", "[['0:00:00.000', '0:00:03.700']]"),
+        ("rotated", one_span),
+        ("one_frame", "[['0:00:00.000', '0:00:00.040']]"),
+        ("zero", one_span), ("text", one_span), ("truncated", one_span), ("audio_only", one_span),
+        ("missing", one_span),
+        ("../outside", one_span),
+        ("malformed", "[['0:00:00.000']"),
+    ]
+    manifest = write_manifest(tmp_path / "meta.csv", rows)
+    summary = run(curate_config(manifest, tmp_path / "out", f"video_root={root}"))
+
+    table = read_clip_table(tmp_path / "out").to_pylist()
+    by_source: dict[str, list[dict]] = {}
+    for row in table:
+        by_source.setdefault(row["source_id"].split(":")[0], []).append(row)
+    assert set(by_source) == {r[0] for r in rows}  # every input is in the output
+    errors = {k: v[0]["error"] for k, v in by_source.items() if v[0]["status"] == "error"}
+    assert set(errors) == {"zero", "text", "truncated", "audio_only", "missing", "../outside", "malformed"}
+    assert "file not found" in errors["missing"] and "escapes the video root" in errors["../outside"]
+    assert "malformed" in errors["malformed"] and "empty" in errors["zero"]
+    assert by_source["one_frame"][0]["reject_reasons"] == ["too_short"]
+    assert by_source["rotated"][0]["width"] == 96 and by_source["vfr"][0]["status"] != "error"
+    assert len([r for r in table if r["source_id"].startswith("three_shots")]) == 2 + 2  # each span split at its cut
+    assert len({r["clip_id"] for r in table}) == len(table)  # no duplicates
+    assert summary["inputs"] == 13 and summary["duplicate_inputs"] == 1
+    assert summary["rows"] == len(table) == summary["kept"] + summary["rejected"] + summary["errors"]
+    assert summary["errors"] == 7
+    assert summary["stages"]["probe"]["errors"] == 5 and summary["stages"]["inputs"]["errors"] == 2
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["rows"] == summary["rows"] and "ray" in written["versions"]
+    assert (tmp_path / "out" / "run.yaml").read_text().startswith("input:")
+
+
+def test_resume_skips_done_clips_and_ignores_partial_files(local_ray, tmp_path, media):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("moving", "static"):
+        shutil.copy(media[name], videos / f"{name}.mp4")
+    out = tmp_path / "out"
+    first = run(curate_config(videos, out))
+    ids = sorted(r["clip_id"] for r in read_clip_table(out).to_pylist())
+    files = set((out / "clips").iterdir())
+    (out / "clips" / "cut_off.parquet").write_bytes(b"PAR1 half a file")  # a killed writer's leftover
+
+    second = run(curate_config(videos, out))
+    assert set((out / "clips").iterdir()) == files  # nothing new written, the partial file moved aside
+    assert (out / "partial" / "cut_off.parquet").exists()
+    assert second["rows"] == first["rows"]
+
+    shutil.copy(media["three_shots"], videos / "three_shots.mp4")
+    run(curate_config(videos, out))
+    after = [r["clip_id"] for r in read_clip_table(out).to_pylist()]
+    assert len(after) == len(set(after)) == len(ids) + 3
+    assert set(ids) < set(after)
+
+
+def _many_videos(directory: Path, media: dict[str, Path], count: int) -> Path:
+    directory.mkdir()
+    for i in range(count):
+        shutil.copy(media["three_shots"] if i % 2 else media["moving"], directory / f"v{i:02d}.mp4")
+    return directory
+
+
+def test_driver_killed_then_rerun_matches_uninterrupted_run(local_ray, tmp_path, media):
+    videos = _many_videos(tmp_path / "videos", media, 10)
+    reference = tmp_path / "reference"
+    run(curate_config(videos, reference))
+    expected = sorted(r["clip_id"] for r in read_clip_table(reference).to_pylist())
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "soraplan.curation.cli", "--config", str(REPO / "pipelines/configs/curate.yaml"),
+           "--input", str(videos), "--out", str(out), "ray.rows_per_file=1", "ray.concurrency=1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "clips").glob("*.parquet"))) < 2:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the job finished before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done_before = {r["clip_id"] for r in read_clip_table(out).to_pylist()} if list((out / "clips").glob("*.parquet")) else set()
+    assert 0 < len(done_before) < len(expected)
+
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    after = sorted(r["clip_id"] for r in read_clip_table(out).to_pylist())
+    assert after == expected
+
+
+def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
+    videos = _many_videos(tmp_path / "videos", media, 8)
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if "_RayClipAnalyzer" in cmdline and "__init__" not in cmdline:
+                    if list((out / "clips").glob("*.parquet")):
+                        proc.kill()
+                        killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    summary = run(curate_config(videos, out, "ray.rows_per_file=1"))
+    killer.join()
+    assert killed, "no analyzer worker was found to kill"
+    rows = read_clip_table(out).to_pylist()
+    assert len({r["source_id"] for r in rows}) == 8
+    assert len(rows) == len({r["clip_id"] for r in rows}) == 4 * 1 + 4 * 3
+    assert summary["errors"] == 0
