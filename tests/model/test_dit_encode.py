@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from soraplan.curation.schema import empty_clip_row
+from soraplan.curation.video import write_video
+from soraplan.model.dit.buckets import BucketConfig, latent_shape
+from soraplan.model.dit.data import LatentDataset, write_index
+from soraplan.model.dit.encode import EncodeConfig, LatentEncoder, clip_frames
+from soraplan.model.dit.text import TextEncoderConfig, save_tiny_t5
+from soraplan.model.vae.configs import WFVAEConfig
+
+BUCKETS = BucketConfig(min_hxw=64 * 64, max_hxw=96 * 128, hw_stride=32, train_fps=8,
+                       num_frames=9, min_num_frames=5)
+
+
+@pytest.fixture(scope="module")
+def clip_row(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video")
+    t = np.arange(24)[:, None, None, None]
+    frames = np.broadcast_to((t * 10 % 256), (24, 72, 128, 3)).astype(np.uint8).copy()
+    frames[:, :8] = 255  # a bar the crop removes
+    path = write_video(root / "clip.mp4", frames, fps=24)
+    return empty_clip_row(clip_id="clip-0", source_id="clip", path=str(path), start_s=0.0,
+                          end_s=1.0, num_frames=24, fps=24.0, width=128, height=72,
+                          crop=[0, 128, 8, 72], caption="a fading grey card", status="kept")
+
+
+def test_clip_frames_follow_the_bucket_plan(clip_row):
+    plan, frames = clip_frames(clip_row, BUCKETS)
+    # 1 s at 8 fps -> 8 frames -> T = 5; 128x64 after the crop is within the area limits.
+    assert plan.bucket == (5, 64, 128) and frames.shape == (5, 64, 128, 3)
+    assert frames.max() < 255  # the cropped bar is gone
+    assert np.all(np.diff(frames[:, 32, 64, 0].astype(int)) > 0)  # frames step 1/8 s forward
+
+
+def test_latent_encoder_writes_a_trainable_shard(clip_row, tmp_path):
+    vae_dir = tmp_path / "vae"
+    torch.manual_seed(0)
+    WFVAEConfig(name="wfvae-tiny").build().save_pretrained(vae_dir)
+    t5_dir = save_tiny_t5(tmp_path / "t5", d_model=32)
+    cfg = EncodeConfig(out=str(tmp_path / "latents"), vae=str(vae_dir),
+                       text_encoder=TextEncoderConfig(path=str(t5_dir), max_length=32),
+                       buckets=BUCKETS)
+    encoder = LatentEncoder(cfg)
+    missing = dict(clip_row, clip_id="clip-missing", path=str(tmp_path / "nope.mp4"))
+    rows = encoder([clip_row, missing])
+    assert rows[1]["error"] and "not found" in rows[1]["error"]
+    assert rows[0]["error"] is None
+    assert (rows[0]["latent_t"], rows[0]["latent_h"], rows[0]["latent_w"]) == latent_shape(
+        (5, 64, 128), 4, 8)
+    write_index(cfg.out, [{k: v for k, v in rows[0].items() if k != "error"}], "part-0")
+    dataset = LatentDataset(cfg.out)
+    batch = dataset.batch([0], [False])
+    assert batch["latents"].shape == (1, 4, 2, 8, 16)
+    assert batch["text_mask"].sum() == len("a fading grey card") + 1  # chars + </s>
+
+
+def test_missing_vae_fails_before_touching_data(tmp_path):
+    cfg = EncodeConfig(out=str(tmp_path / "latents"), vae=str(tmp_path / "no-vae"))
+    with pytest.raises(FileNotFoundError, match="vae"):
+        LatentEncoder(cfg)
+    assert not (tmp_path / "latents").exists()
