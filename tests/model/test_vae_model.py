@@ -19,19 +19,12 @@ from soraplan.model.vae.modules import (
     InverseHaarWavelet3D,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TINY = dict(
     base_channels=8, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
     encoder_energy_flow_channels=8, decoder_energy_flow_channels=8,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    # These shapes are tiny: thread hand-offs cost more than they save on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(**overrides: object) -> WFVAEModel:
