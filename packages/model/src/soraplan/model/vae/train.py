@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from soraplan.model.common.ema import EMA
 from soraplan.model.vae.configs import WFVAEConfig
 from soraplan.model.vae.data import VAEDataConfig
 from soraplan.model.vae.losses import PatchDiscriminator3D, VAELoss, VAELossConfig
+from soraplan.model.vae.metrics import psnr
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,6 @@ def deepspeed_config(cfg: TrainVAEConfig, world_size: int, bf16: bool) -> dict[s
     ds["train_batch_size"] = cfg.data.batch_size * world_size
     ds["bf16"] = {"enabled": bf16}
     return ds
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of videos in [-1, 1]."""
-    mse = ((x.clamp(-1, 1) - y.clamp(-1, 1)) / 2).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def to_uint8_frames(x: torch.Tensor) -> np.ndarray:
