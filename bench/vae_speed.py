@@ -1,0 +1,136 @@
+"""Encode/decode time and peak memory of WF-VAE vs diffusers' AutoencoderKLCogVideoX (default
+config), random weights, fp32, on this machine's CPU (or GPU if present). Prints JSON.
+
+    uv run python bench/vae_speed.py                       # 33x256x256, wfvae-s, wfvae-l, cogvideox
+    uv run python bench/vae_speed.py --shapes 17x512x512 --models wfvae-s cogvideox
+
+Each (model, shape) runs in a fresh process, with large allocations served by mmap so that
+freed memory leaves the resident set at once: peak = high-water mark of resident memory during
+the call minus the resident memory before it (Linux /proc; on GPU, torch.cuda peak stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _rss_peak_reset() -> int:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the high-water mark restarts from the current resident set
+    return _vm("VmRSS")
+
+
+def _vm(key: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str, float]:
+    import torch
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if model_name == "cogvideox":
+        from diffusers import AutoencoderKLCogVideoX
+
+        vae = AutoencoderKLCogVideoX().eval().to(device)
+        chunks: dict[str, int | None] = {}
+    else:
+        from soraplan.model.vae import WFVAEConfig
+
+        vae = WFVAEConfig(name=model_name).build().eval().to(device)
+        chunks = {"chunk_frames": 16 if chunked else None}
+        decode_chunks = {"chunk_latents": 4 if chunked else None}
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(x, **chunks).latent_dist.mode()
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z, **(decode_chunks if chunks else {})).sample
+    x = torch.rand(1, 3, frames, size, size, device=device) * 2 - 1
+    result: dict[str, float] = {"params_m": sum(p.numel() for p in vae.parameters()) / 1e6}
+    with torch.no_grad():
+        for phase, fn in (("encode", encode), ("decode", decode)):
+            arg = x if phase == "encode" else z
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            else:
+                before = _rss_peak_reset()
+            start = time.perf_counter()
+            out = fn(arg)
+            if device == "cuda":
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() - before
+            else:
+                peak = _vm("VmHWM") - before
+            result[f"{phase}_s"] = time.perf_counter() - start
+            result[f"{phase}_peak_gib"] = peak / 2**30
+            if phase == "encode":
+                z = out
+                result["latent_shape"] = list(z.shape)
+            del out
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["wfvae-s", "wfvae-l", "cogvideox"])
+    parser.add_argument("--shapes", nargs="+", default=["33x256x256"], help="TxHxW (H = W)")
+    parser.add_argument("--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode")
+    parser.add_argument("--child", nargs=4, metavar=("MODEL", "T", "SIZE", "CHUNKED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, t, size, chunked = args.child
+        print(json.dumps(measure(name, int(t), int(size), chunked == "1")))
+        return
+
+    import torch
+
+    runs = []
+    for shape in args.shapes:
+        t, h, w = (int(v) for v in shape.split("x"))
+        assert h == w, "square inputs only"
+        for name in args.models:
+            for chunked in ([False, True] if args.chunked and name != "cogvideox" else [False]):
+                cmd = [sys.executable, __file__, "--child", name, str(t), str(h), "1" if chunked else "0"]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV})
+                row = {"model": name, "shape": shape, "chunked": chunked}
+                if proc.returncode:
+                    row["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else f"exit {proc.returncode}"
+                else:
+                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+                runs.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    ratios = []
+    for shape in args.shapes:
+        base = next((r for r in runs if r["model"] == "cogvideox" and r["shape"] == shape and "error" not in r), None)
+        for r in runs:
+            if base is None or r["model"] == "cogvideox" or r["shape"] != shape or "error" in r:
+                continue
+            ratios.append({
+                "model": r["model"], "shape": shape, "chunked": r["chunked"],
+                **{f"cogvideox_over_wfvae_{k}": base[k] / r[k] for k in
+                   ("encode_s", "decode_s", "encode_peak_gib", "decode_peak_gib") if r[k] > 0},
+            })
+    print(json.dumps({
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "runs": runs,
+        "ratios": ratios,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
