@@ -1,0 +1,87 @@
+"""Training-step time and peak memory of the skiparse-small DiT per attention mode (CPU, fp32).
+
+    uv run python bench/dit_step.py [--latent 8x5x16x16] [--text-tokens 32] [--no-grad-checkpointing]
+
+One step = v-prediction loss + backward + AdamW update, batch 1. Each mode runs in a fresh
+process (see bench/attention_speed.py for how peak memory is measured). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from attention_speed import measure_in_subprocess, peak_rss_mib, rss_mib
+
+MODES = ["full", "spatial_temporal", "skip_window", "skiparse"]
+
+
+def run_one(mode: str, latent: tuple[int, ...], text_tokens: int, grad_ckpt: bool,
+            steps: int) -> dict:
+    import torch
+
+    from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss
+    from soraplan.model.dit.model import SkiparseDiT
+
+    torch.manual_seed(0)
+    model = SkiparseDiT.from_named_config("skiparse-small", attention_mode=mode,
+                                          in_channels=latent[0])
+    if grad_ckpt:
+        model.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-2, eps=1e-15)
+    scheduler = DiffusionConfig().train_scheduler()
+    latents = torch.randn(1, *latent)
+    text = torch.randn(1, text_tokens, model.config.text_dim)
+    mask = torch.ones(1, text_tokens, dtype=torch.bool)
+
+    def step(seed: int) -> None:
+        loss = diffusion_loss(model, scheduler, latents, text, mask, [seed]).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up; also allocates the AdamW state
+    before = rss_mib()
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(i + 1)
+        times.append(time.perf_counter() - start)
+    return {"seconds": sorted(times)[len(times) // 2], "peak_mib_over_warm_state":
+            peak_rss_mib() - before, "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latent", default="8x5x16x16", help="C x T x H x W of the latents")
+    parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--no-grad-checkpointing", action="store_true")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="skiparse", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    latent = tuple(int(v) for v in args.latent.split("x"))
+    if args.one:
+        print(json.dumps(run_one(args.mode, latent, args.text_tokens,
+                                 not args.no_grad_checkpointing, args.steps)))
+        return
+    c, t, h, w = latent
+    results = {"config": "skiparse-small", "latent": args.latent, "tokens": t * (h // 2) * (w // 2),
+               "grad_checkpointing": not args.no_grad_checkpointing, "modes": {}}
+    for mode in MODES:
+        extra = ["--no-grad-checkpointing"] if args.no_grad_checkpointing else []
+        run = measure_in_subprocess(__file__, ["--mode", mode, "--latent", args.latent,
+                                               "--text-tokens", str(args.text_tokens),
+                                               "--steps", str(args.steps), *extra])
+        results["modes"][mode] = run
+        print(json.dumps({"mode": mode, **run}), file=sys.stderr, flush=True)
+    full = results["modes"]["full"]["seconds"]
+    for run in results["modes"].values():
+        run["speedup_vs_full"] = full / run["seconds"]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Parameter count of every named DiT config, built on the meta device (no memory, no weights).
+
+    uv run python bench/param_counts.py
+"""
+
+import json
+
+import torch
+
+from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
+
+
+def main() -> None:
+    counts = {}
+    for name in DIT_CONFIGS:
+        with torch.device("meta"):
+            model = SkiparseDiT.from_named_config(name)
+        dim = model.config.num_heads * model.config.head_dim
+        counts[name] = {"params": sum(p.numel() for p in model.parameters()),
+                        "layers": model.config.num_layers, "hidden": dim,
+                        "text_dim": model.config.text_dim, "sparse_k": model.config.sparse_k}
+    print(json.dumps(counts, indent=2))
+
+
+if __name__ == "__main__":
+    main()
