@@ -144,8 +144,14 @@ def test_text_judgement_rules():
     corner = np.array([[540.0, 330, 630, 350]])
     frames = [subtitle, subtitle, np.zeros((0, 4))]
     assert judge_boxes(frames, 640, 360, cfg).subtitles is True
-    assert judge_boxes([subtitle, np.zeros((0, 4)), np.zeros((0, 4))], 640, 360, cfg).subtitles is False
+    one_of_four = [subtitle] + [np.zeros((0, 4))] * 3
+    assert judge_boxes(one_of_four, 640, 360, cfg).subtitles is False  # a single sighting is not enough
     assert judge_boxes([corner] * 3, 640, 360, cfg).subtitles is False
+    # A wide caption line held mid-frame is an overlay; a wide line that moves is scene text.
+    overlay = np.array([[100.0, 180, 500, 220]])
+    assert judge_boxes([overlay, overlay + 2, np.zeros((0, 4))], 640, 360, cfg).subtitles is True
+    moving = [overlay + [i * 150, 0, i * 150, 0] for i in range(3)]
+    assert judge_boxes(moving, 640, 360, cfg).subtitles is False
     # Edge text is cropped away; text reaching deeper than max_crop cannot be and stays.
     assert crop_box(np.array([[0.0, 0, 640, 60]]), 640, 360, cfg) == (0, 640, 60, 360)
     assert crop_box(np.array([[0.0, 0, 640, 100]]), 640, 360, cfg) == (0, 640, 0, 360)

@@ -1,9 +1,11 @@
 """Burned-in text: PP-OCR text detection (RapidOCR, models inside its wheel).
 
-Only the detector runs: where text is, not what it says, is what the filters need. A subtitle
-is text that recurs in the lower band, centred horizontally, across the sampled frames;
-watermarks and logos sit off-centre or in corners and text in the scene moves with it, so
-neither rejects a clip. The crop box cuts edge text away, at most `max_crop` per side.
+Only the detector runs: where text is, not what it says, is what the filters need. Two kinds of
+burned-in text reject a segment when they recur across its sampled frames: subtitle lines (in
+the lower band, centred horizontally) and caption overlays (wide text lines that stay at the
+same place in the frame, wherever it is). Watermarks and logos sit off-centre or in corners and
+are short; text in the scene moves with it; neither rejects a clip. The crop box cuts edge
+text away, at most `max_crop` per side.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ class OcrConfig:
     subtitle_band: float = 0.65  # a subtitle box's centre lies below this fraction of the height
     center_tolerance: float = 0.12  # ... and within this fraction of the width from the centre
     max_box_height: float = 0.15  # taller boxes are scene text or titles, not subtitle lines
-    min_fraction: float = 0.5  # subtitle lines must appear in at least this share of samples
+    overlay_min_width: float = 0.4  # a caption overlay line is at least this fraction of the width
+    overlay_min_iou: float = 0.5  # ... and overlaps itself this much from sample to sample
+    min_fraction: float = 0.34  # burned-in text must appear in this share of samples (and in 2)
     max_area_ratio: float | None = None  # optionally also reject above this text-area ratio
     max_crop: float = 0.2  # crop at most this fraction of each side, to cut edge text away
     num_threads: int = 1
@@ -82,13 +86,36 @@ def judge_boxes(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrCo
         subtitle_hits += bool(_subtitle_lines(boxes, width, height, cfg).any())
     n = len(per_frame)
     needed = max(min(2, n), cfg.min_fraction * n)
+    overlay_hits = _recurring_overlay_hits(per_frame, width, height, cfg)
     all_boxes = np.concatenate(per_frame) if per_frame else np.zeros((0, 4))
     return TextVerdict(
         area_ratio=float(np.mean(areas)) if areas else 0.0,
-        subtitles=n > 0 and subtitle_hits >= needed,
+        subtitles=n > 0 and max(subtitle_hits, overlay_hits) >= needed,
         crop=crop_box(all_boxes, width, height, cfg),
         num_frames=n,
     )
+
+
+def _recurring_overlay_hits(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrConfig) -> int:
+    """The most samples in which one wide text line appears at (about) the same place."""
+    lines = [
+        b[((b[:, 2] - b[:, 0]) >= cfg.overlay_min_width * width) & ((b[:, 3] - b[:, 1]) <= cfg.max_box_height * height)]
+        if len(b) else b
+        for b in per_frame
+    ]
+    best = 0
+    for candidate in (line for frame_lines in lines for line in frame_lines):
+        hits = sum(any(_iou(candidate, other) >= cfg.overlay_min_iou for other in frame_lines) for frame_lines in lines)
+        best = max(best, hits)
+    return best
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _subtitle_lines(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> np.ndarray:

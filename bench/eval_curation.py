@@ -1,0 +1,130 @@
+"""Curation quality on ../shared/devset: cuts, subtitle rejection, static clips. Prints JSON.
+
+    uv run python bench/eval_curation.py [--out DIR] [KEY=VALUE overrides]
+
+Runs the curation job (local Ray) on every devset video with score_all=true, so every segment
+gets every score, then compares with labels.json:
+- cuts: a detected cut matches a labelled hard cut within 2 frames; detections inside a labelled
+  gradual transition (fade, dissolve) are not counted either way.
+- subtitles: a clip counts as rejected for subtitles if any segment is; positives are clips with
+  `subtitle` or `caption_overlay` text, and clips with only watermarks or scene text must pass.
+- static: in labelled static clips, every segment long enough to keep must be rejected as static.
+It also prints the motion scores of every clip, from which the flow bounds were calibrated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from _devset import devset_dir, labels
+from soraplan.curation.config import load_config
+from soraplan.curation.pipeline import CurateConfig, run
+from soraplan.curation.schema import read_clip_table
+from soraplan.curation.video import iter_frames
+
+REPO = Path(__file__).resolve().parents[1]
+MATCH_FRAMES = 2
+
+
+def frame_times(path: Path) -> np.ndarray:
+    return np.asarray([f.time_s for f in iter_frames(path, size=(32, 18))])
+
+
+def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path) -> dict:
+    tp = fp = fn = 0
+    per_file = {}
+    for item in labels()["cuts"]:
+        rows = rows_by_file.get(item["file"])
+        if not rows:
+            continue
+        times = frame_times(videos / item["file"])
+        detected = [int(np.searchsorted(times, t - 1e-6)) for t in rows[0]["cut_times_s"]]
+        gradual = [g["frames"] for g in item.get("gradual", [])]
+        detected = [d for d in detected if not any(a - MATCH_FRAMES <= d <= b + MATCH_FRAMES for a, b in gradual)]
+        unmatched = list(item["cuts"])
+        hits = 0
+        for d in detected:
+            near = [c for c in unmatched if abs(c - d) <= MATCH_FRAMES]
+            if near:
+                unmatched.remove(near[0])
+                hits += 1
+        tp += hits
+        fp += len(detected) - hits
+        fn += len(unmatched)
+        per_file[item["file"]] = {"labelled": item["cuts"], "detected": detected, "missed": unmatched}
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "files": per_file}
+
+
+def subtitle_scores(rows_by_file: dict[str, list[dict]]) -> dict:
+    text = {t["file"]: {i["kind"] for i in t["items"]} for t in labels()["text"]}
+    positives = {f for f, kinds in text.items() if kinds & {"subtitle", "caption_overlay"}}
+    must_pass = {f for f, kinds in text.items() if not kinds & {"subtitle", "caption_overlay"}}
+    flagged = {f for f, rows in rows_by_file.items() if any(r["subtitles"] for r in rows)}
+    tp = len(flagged & positives)
+    return {
+        "precision": tp / len(flagged) if flagged else 1.0,
+        "recall": tp / len(positives) if positives else 1.0,
+        "positives": sorted(positives),
+        "flagged": sorted(flagged),
+        "missed": sorted(positives - flagged),
+        "watermark_or_scene_text_rejected": sorted(flagged & must_pass),
+    }
+
+
+def static_scores(rows_by_file: dict[str, list[dict]]) -> dict:
+    static = {s["file"] for s in labels()["static"]}
+
+    def all_static(rows: list[dict]) -> bool:
+        # Segments too short to keep are out either way; the motion filter must reject the rest.
+        scored = [r for r in rows if r["motion_score"] is not None and "too_short" not in r["reject_reasons"]]
+        return bool(scored) and all("static" in r["reject_reasons"] for r in scored)
+
+    found = {f for f in static if f in rows_by_file and all_static(rows_by_file[f])}
+    others_static = sorted(f for f, rows in rows_by_file.items() if f not in static and all_static(rows))
+    return {"recall": len(found) / len(static), "labelled": sorted(static), "missed": sorted(static - found),
+            "unlabelled_clips_rejected_static": others_static}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="output folder (default: a temporary one)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    videos = devset_dir() / "videos"
+    out = Path(args.out or tempfile.mkdtemp(prefix="eval_curation_"))
+    cfg = load_config(CurateConfig, REPO / "pipelines/configs/curate.yaml",
+                      [f"input={videos}", f"out={out}", "analyze.score_all=true", *args.overrides])
+    summary = run(cfg)
+    rows_by_file: dict[str, list[dict]] = defaultdict(list)
+    for row in read_clip_table(out).to_pylist():
+        rows_by_file[str(Path(row["path"]).relative_to(videos))].append(row)
+    for rows in rows_by_file.values():
+        rows.sort(key=lambda r: r["start_s"] or 0.0)
+    motion = {f: [round(r["motion_score"], 5) for r in rows if r["motion_score"] is not None]
+              for f, rows in sorted(rows_by_file.items())}
+    result = {
+        "motion_backend": cfg.analyze.motion.backend,
+        "motion_bounds": list(cfg.analyze.motion.bounds()),
+        "cuts": cut_scores(rows_by_file, videos),
+        "subtitles": subtitle_scores(rows_by_file),
+        "static": static_scores(rows_by_file),
+        "errors": summary["errors"],
+        "motion_scores_by_clip": motion,
+        "out": str(out),
+    }
+    json.dump(result, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
