@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from soraplan.curation.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, rows_to_table, write_table_atomic
 from soraplan.curation.video import write_video
+
+# Tiny models gain nothing from threads, and on a shared, oversubscribed CPU OpenMP's spinning
+# threads made them 10x slower.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTION_PROMPTS = REPO / "pipelines" / "configs" / "prompts" / "caption.yaml"
@@ -69,9 +74,17 @@ def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
 def ray_session():
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"  # workers use this venv as is
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    for attempt in range(3):  # the raylet has a fixed 30 s start deadline; a busy CPU can miss it
+        try:
+            ray.init(num_cpus=2, include_dashboard=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
@@ -98,10 +111,8 @@ def clip_shards(tmp_path_factory) -> Path:
     corrupt.write_bytes(os.urandom(4096))
 
     def row(clip_id: str, path: Path, status: str = STATUS_KEPT, **kw):
-        return empty_clip_row(
-            clip_id=clip_id, source_id=clip_id, path=str(path), start_s=0.0, end_s=2.0, num_frames=16,
-            fps=8.0, width=64, height=48, status=status, **kw,
-        )
+        values = dict(start_s=0.0, end_s=2.0, num_frames=16, fps=8.0, width=64, height=48) | kw
+        return empty_clip_row(clip_id=clip_id, source_id=clip_id, path=str(path), status=status, **values)
 
     shard_a = [row("c0", paths[0]), row("c1", paths[1], crop=[8, 56, 0, 48]), row("bad", corrupt)]
     shard_b = [row("c2", paths[2], start_s=0.5, end_s=1.5), row("rej", paths[0], status=STATUS_REJECTED, reject_reasons=["static"])]

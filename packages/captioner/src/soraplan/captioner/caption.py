@@ -19,7 +19,7 @@ import numpy as np
 from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
 from soraplan.captioner.hub import require_pretrained
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
-from soraplan.captioner.shards import assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
+from soraplan.captioner.shards import ActorPoolConfig, assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
 from soraplan.captioner.vlm import VLMConfig
 from soraplan.curation.config import dump_yaml, load_config
 from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
@@ -28,15 +28,6 @@ from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
 # Input columns a decode task fills in when the input lacks them (a plain directory of clips).
 _PROBED_COLUMNS = ["end_s", "width", "height", "fps"]
-
-
-@dataclass
-class ActorPoolConfig:
-    batch_size: int = 8
-    concurrency: int = 1
-    num_gpus: float = 0.0
-    # Fractional on small CPU nodes: a whole-CPU actor per core starves the decode tasks.
-    num_cpus: float = 1.0
 
 
 @dataclass
@@ -56,14 +47,15 @@ class CaptionJobConfig:
 
 def decode_clip(row: dict[str, Any], frames_cfg: FrameSamplingConfig) -> dict[str, Any]:
     """Ray task: one clip row -> its sampled frames as raw bytes (or an error)."""
-    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decode_error": None}
+    # `decoded` flags success: all-null string columns do not survive Ray's batching as None.
+    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decoded": False, "decode_error": ""}
     try:
         clip = clip_frames(row, frames_cfg)
     except Exception as exc:  # undecodable clip -> error row, never a failed job
         out["decode_error"] = f"decode failed: {exc.__class__.__name__}: {exc}"
         out.update({c: None for c in _PROBED_COLUMNS})
         return out
-    out.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape))
+    out.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape), decoded=True)
     out.update(end_s=clip.end_s, width=clip.width, height=clip.height, fps=clip.fps)
     return out
 
@@ -81,13 +73,13 @@ class CaptionStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["clip_id"])
-        good = [i for i in range(n) if batch["decode_error"][i] is None]
+        good = [i for i in range(n) if batch["decoded"][i]]
         start = time.perf_counter()
         captions = self.captioner.caption([unpack_frames(batch["frames"][i], batch["frames_shape"][i]) for i in good])
         seconds = time.perf_counter() - start
         texts: list[str | None] = [None] * n
         tokens = [0] * n
-        errors = list(batch["decode_error"])
+        errors: list[str | None] = [None if ok else err for ok, err in zip(batch["decoded"], batch["decode_error"])]
         for i, cap in zip(good, captions):
             texts[i], tokens[i], errors[i] = cap.text, cap.num_tokens, cap.error
         result = {c: batch[c] for c in ["clip_id", *_PROBED_COLUMNS]}
@@ -138,7 +130,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                 CaptionStage,
                 fn_constructor_kwargs={"vlm_cfg": cfg.vlm, "prompt": prompt},
                 batch_size=cfg.actors.batch_size,
-                concurrency=cfg.actors.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=cfg.actors.concurrency),
                 num_gpus=cfg.actors.num_gpus,
                 num_cpus=cfg.actors.num_cpus,
             )

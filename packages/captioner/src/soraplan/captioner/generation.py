@@ -26,6 +26,15 @@ class GenerationConfig:
         return kwargs
 
 
+@dataclass(frozen=True)
+class Generated:
+    """One generated text (cleaned), its length in tokens, or why there is none."""
+
+    text: str | None
+    num_tokens: int
+    error: str | None = None
+
+
 def generated_lengths(new_tokens: Any, eos_ids: set[int], pad_id: int | None) -> list[int]:
     """Tokens generated per row of a (B x T) tensor of new tokens: up to and including EOS."""
     lengths = []

@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ from soraplan.curation.schema import (
     shard_files,
     write_table_atomic,
 )
+
+@dataclass
+class ActorPoolConfig:
+    """Resources of a model stage (Ray Data actor pool)."""
+
+    batch_size: int = 8
+    concurrency: int = 1
+    num_gpus: float = 0.0
+    # Fractional on small CPU nodes: a whole-CPU actor per core starves the decode tasks.
+    num_cpus: float = 1.0
+
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
 PARTS_DIR = "parts"
@@ -111,6 +123,8 @@ def init_ray(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Under `uv run`, Ray would otherwise rebuild the project venv for every worker.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if address:
         ray.init(address=address)
     else:

@@ -12,7 +12,7 @@ from soraplan.captioner.vlm import VLMConfig
 if TYPE_CHECKING:
     import ray.data
 
-    from soraplan.captioner.caption import ActorPoolConfig
+    from soraplan.captioner.shards import ActorPoolConfig
 
 
 def require_vllm() -> None:
@@ -39,18 +39,18 @@ def caption_with_vllm(
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         from PIL import Image
 
-        frames = unpack_frames(row["frames"], row["frames_shape"]) if row["decode_error"] is None else []
+        frames = unpack_frames(row["frames"], row["frames_shape"]) if row["decoded"] else []
         # A clip that failed to decode still goes through (one black pixel) so no row is lost;
         # its decode error is kept and the caption is discarded in postprocess.
         images = [Image.fromarray(f) for f in frames] or [Image.new("RGB", (1, 1))]
         content = [{"type": "image", "image": im} for im in images]
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
         messages.append({"role": "user", "content": [*content, {"type": "text", "text": prompt.user_text()}]})
-        keep = {k: row[k] for k in ("clip_id", "decode_error", "end_s", "width", "height", "fps")}
+        keep = {k: row[k] for k in ("clip_id", "decoded", "decode_error", "end_s", "width", "height", "fps")}
         return {**keep, "messages": messages, "sampling_params": sampling}
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-        error = row["decode_error"] or row.get("__inference_error__") or None
+        error = (None if row["decoded"] else row["decode_error"]) or row.get("__inference_error__") or None
         return {
             **{k: row[k] for k in ("clip_id", "end_s", "width", "height", "fps")},
             "vlm_caption": None if error else clean_caption(row["generated_text"]),

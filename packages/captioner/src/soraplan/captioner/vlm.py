@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from soraplan.captioner.generation import GenerationConfig, generated_lengths
+from soraplan.captioner.generation import GenerationConfig, Generated, generated_lengths
 from soraplan.captioner.hub import pick_device, torch_dtype
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptTemplate
@@ -25,13 +25,6 @@ class VLMConfig:
 
     def build(self, prompt: PromptTemplate) -> VLMCaptioner:
         return VLMCaptioner(self, prompt)
-
-
-@dataclass(frozen=True)
-class Caption:
-    text: str | None
-    num_tokens: int
-    error: str | None = None
 
 
 class VLMCaptioner:
@@ -61,7 +54,7 @@ class VLMCaptioner:
         messages.append({"role": "user", "content": [*visual, {"type": "text", "text": self.prompt.user_text()}]})
         return messages
 
-    def _generate(self, clips: list[np.ndarray]) -> list[Caption]:
+    def _generate(self, clips: list[np.ndarray]) -> list[Generated]:
         import torch
 
         texts = [
@@ -77,16 +70,20 @@ class VLMCaptioner:
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         lengths = generated_lengths(new_tokens, self.eos_ids, self.pad_id)
-        return [Caption(clean_caption(t), n) for t, n in zip(decoded, lengths)]
+        return [Generated(clean_caption(t), n) for t, n in zip(decoded, lengths)]
 
-    def caption(self, clips: list[np.ndarray]) -> list[Caption]:
+    def caption(self, clips: list[np.ndarray]) -> list[Generated]:
         """One caption per clip (N x H x W x 3 frames); a failing clip gets an error, not an exception."""
         if not clips:
             return []
+        if any(len(c) == 0 for c in clips):
+            ok = [i for i, c in enumerate(clips) if len(c)]
+            captions = dict(zip(ok, self.caption([clips[i] for i in ok])))
+            return [captions.get(i, Generated(None, 0, "no frames to caption")) for i in range(len(clips))]
         try:
             return self._generate(clips)
         except Exception as exc:
             if len(clips) == 1:
-                return [Caption(None, 0, f"generation failed: {exc.__class__.__name__}: {exc}")]
+                return [Generated(None, 0, f"generation failed: {exc.__class__.__name__}: {exc}")]
         # The batch failed: retry one by one so only the bad clips get error rows.
         return [self.caption([clip])[0] for clip in clips]

@@ -1,0 +1,1 @@
+"""The caption refiner: a LoRA-tuned LLM that rewrites short captions into dense ones."""

@@ -1,0 +1,206 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from soraplan.captioner.hub import ModelSourceError
+from soraplan.captioner.prompts import PromptConfig
+from soraplan.captioner.refine.data import (
+    IGNORE_INDEX,
+    DenseTargetConfig,
+    PairSourceConfig,
+    encode_pair,
+    load_pairs,
+    split_pairs,
+)
+from soraplan.captioner.refine.train import RefineTrainConfig, prepare_pairs, train_refiner
+
+from .conftest import REFINE_PROMPTS, REPO
+
+
+def write_jsonl(path, pairs):
+    path.write_text("".join(json.dumps({"short": s, "dense": d}) + "\n" for s, d in pairs))
+    return path
+
+
+def test_pair_formats(tmp_path, refine_pairs):
+    pairs = refine_pairs[:5]
+    (tmp_path / "short.txt").write_text("\n".join(s for s, _ in pairs) + "\n")
+    (tmp_path / "dense.txt").write_text("\n".join(d for _, d in pairs) + "\n")
+    (tmp_path / "osp.json").write_text(json.dumps([{"instruction": "Refine", "input": s, "output": d} for s, d in pairs]))
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    expected = [(s, d) for s, d in pairs]
+    for cfg in [
+        PairSourceConfig(path=str(tmp_path / "short.txt"), dense_path=str(tmp_path / "dense.txt")),
+        PairSourceConfig(path=str(tmp_path / "osp.json")),
+        PairSourceConfig(path=str(tmp_path / "pairs.jsonl")),
+    ]:
+        assert [(p.short, p.dense) for p in load_pairs(cfg)] == expected
+    assert len(load_pairs(PairSourceConfig(path=str(tmp_path / "osp.json"), limit=2))) == 2
+    (tmp_path / "dense_short.txt").write_text("one line\n")
+    with pytest.raises(ValueError, match="lines"):
+        load_pairs(PairSourceConfig(path=str(tmp_path / "short.txt"), dense_path=str(tmp_path / "dense_short.txt")))
+    with pytest.raises(ValueError, match="dense_path"):
+        load_pairs(PairSourceConfig(path=str(tmp_path / "short.txt")))
+    train, held = split_pairs(load_pairs(PairSourceConfig(path=str(tmp_path / "pairs.jsonl"))), 0.4, seed=3)
+    assert len(held) == 2 and len(train) == 3 and not set(train) & set(held)
+
+
+def test_encode_pair_puts_loss_on_answer_only(tokenizer, refine_pairs):
+    template = PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine").build()
+    from soraplan.captioner.refine.data import RefinePair
+
+    pair = RefinePair(*refine_pairs[0])
+    ex = encode_pair(tokenizer, template, pair, max_length=512)
+    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    n_prompt = len(ex["labels"]) - len(answer)
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert tokenizer.decode(answer, skip_special_tokens=True) == pair.dense
+    assert answer[-1] == tokenizer.eos_token_id
+    prompt_text = tokenizer.decode(ex["input_ids"][:n_prompt])
+    assert prompt_text.startswith("<|user|>Refine the sentence") and pair.short in prompt_text
+    assert prompt_text.endswith("<|assistant|>")
+    assert len(encode_pair(tokenizer, template, pair, max_length=20)["input_ids"]) == 20
+
+
+class _ChatServer(BaseHTTPRequestHandler):
+    """A loopback stand-in for an OpenAI-compatible server (an API or `vllm serve`)."""
+
+    requests: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        user = body["messages"][-1]["content"]
+        short = user.split('"')[1]
+        text = "Sure! " + ("" if "FAIL" in short else f"The video shows {short} in warm light, the camera pans.")
+        payload = {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_dense_targets_from_openai_compatible_server(tmp_path, monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), _ChatServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (tmp_path / "short.txt").write_text("a dog runs\na cat FAIL\na red car waits\n")
+        monkeypatch.setenv("TEST_KEY", "sk-test")
+        cfg = RefineTrainConfig(data=PairSourceConfig(path=str(tmp_path / "short.txt")))
+        cfg.dense_targets = DenseTargetConfig(
+            enabled=True, base_url=f"http://127.0.0.1:{server.server_port}/v1", model="teacher",
+            api_key_env="TEST_KEY", prompt=PromptConfig(file=str(REFINE_PROMPTS), id="dense_target"), concurrency=2,
+        )
+        pairs = prepare_pairs(cfg)
+    finally:
+        server.shutdown()
+    # The empty answer is dropped; boilerplate openings are stripped from the others.
+    assert [(p.short, p.dense) for p in pairs] == [
+        ("a dog runs", "A dog runs in warm light, the camera pans."),
+        ("a red car waits", "A red car waits in warm light, the camera pans."),
+    ]
+    reqs = _ChatServer.requests
+    assert len(reqs) == 3 and {r["path"] for r in reqs} == {"/v1/chat/completions"}
+    assert {r["auth"] for r in reqs} == {"Bearer sk-test"}
+    assert reqs[0]["body"]["model"] == "teacher" and reqs[0]["body"]["messages"][0]["role"] == "system"
+    assert "camera language" in reqs[0]["body"]["messages"][1]["content"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama_dir, refine_pairs):
+    root = tmp_path_factory.mktemp("refiner")
+    data = write_jsonl(root / "pairs.jsonl", refine_pairs)
+    cfg = RefineTrainConfig(
+        base_model=str(tiny_llama_dir), output_dir=str(root / "run"), data=PairSourceConfig(path=str(data)),
+        prompt=PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine"), epochs=2, global_batch_size=8,
+        micro_batch_size=4, lr=1e-2, eval_fraction=0.15, dtype="float32", device="cpu", log_every=1000,
+    )
+    return cfg, train_refiner(cfg)
+
+
+def test_lora_training_lowers_heldout_loss(trained):
+    cfg, result = trained
+    m = result.metrics
+    assert m["eval_pairs"] == 24 and m["train_pairs"] == 136 and m["grad_accumulation"] == 2
+    assert m["steps"] == m["planned_steps"] == 2 * 17
+    assert m["eval_loss_after"] < 0.3 * m["eval_loss_before"]
+    assert sum(m["train_losses"][-5:]) < sum(m["train_losses"][:5])
+    adapter = f"{cfg.output_dir}/adapter"
+    import os
+
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= set(os.listdir(adapter))
+    config = json.load(open(f"{adapter}/adapter_config.json"))
+    assert config["r"] == 64 and config["lora_alpha"] == 64 and config["lora_dropout"] == 0.1
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_adapter_round_trip_is_exact(trained, tiny_llama_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg, result = trained
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), f"{cfg.output_dir}/adapter")
+    trained_sd = {k: v for k, v in result.model.state_dict().items() if "lora_" in k}
+    loaded_sd = {k: v for k, v in loaded.state_dict().items() if "lora_" in k}
+    assert trained_sd.keys() == loaded_sd.keys() and len(trained_sd) == 2 * 7 * 2
+    assert all(torch.equal(trained_sd[k], loaded_sd[k]) for k in trained_sd)
+    ids = torch.randint(3, 500, (2, 12))
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(result.model(input_ids=ids).logits, loaded.eval()(input_ids=ids).logits)
+
+
+def test_merged_model_matches_adapter(trained, tiny_llama_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from soraplan.captioner.refine.cli import main
+
+    cfg, _ = trained
+    main(["merge", f"base_model={tiny_llama_dir}", f"adapter={cfg.output_dir}/adapter",
+          f"output_dir={tmp_path / 'merged'}", "dtype=float32"])
+    # Compared in float64: float32 summation-order noise alone reaches 1e-5 on logits near 10.
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").double().eval()  # plain transformers
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert not any("lora" in k for k in merged.state_dict())
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), f"{cfg.output_dir}/adapter")
+    adapter = adapter.double().eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    ids = tok(["a dog runs on the beach", "a cat rests in the snow"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a, b = merged(**ids).logits, adapter(**ids).logits
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).double().eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(**ids).logits, b, atol=1e-3)  # the adapter does change the model
+
+
+def test_missing_base_model_fails_fast(tmp_path):
+    cfg = RefineTrainConfig(base_model=str(tmp_path / "nope"), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ModelSourceError, match="base_model"):
+        train_refiner(cfg)
+
+
+def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
+    from soraplan.captioner.refine.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", refine_pairs[:40])
+    main(["train", "--config", str(REPO / "pipelines/configs/refine_tiny.yaml"), f"base_model={tiny_llama_dir}",
+          f"data.path={data}", f"output_dir={tmp_path / 'run'}", f"prompt.file={REFINE_PROMPTS}", "max_steps=2"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["train_pairs"] == 36
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
