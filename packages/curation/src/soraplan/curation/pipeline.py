@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -65,19 +66,20 @@ def _prepare_out(out: Path) -> set[str]:
     return set(done["source_id"].to_pylist())
 
 
-def _init_ray(cfg: RayConfig) -> None:
+def _init_ray(cfg: RayConfig) -> ModuleType:
+    """Import Ray with this job's settings and connect (or start a local instance)."""
     # Set before Ray is imported, which reads them once: stay on loopback, and let workers use
     # this interpreter and venv instead of Ray's `uv run` hook rebuilding a venv per job.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
-    if ray.is_initialized():
-        return
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.local_num_cpus, include_dashboard=False, log_to_driver=True)
+    if not ray.is_initialized():
+        if cfg.address:
+            ray.init(address=cfg.address)
+        else:
+            ray.init(num_cpus=cfg.local_num_cpus, include_dashboard=False)
+    return ray
 
 
 class _RayClipAnalyzer(ClipAnalyzer):
@@ -118,9 +120,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
 
 
 def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
-    import ray
-
-    _init_ray(cfg.ray)
+    ray = _init_ray(cfg.ray)
     items = [c.to_row() for c in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
