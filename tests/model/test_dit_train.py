@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,7 +60,17 @@ def test_latent_dataset_buckets_and_caption_dropout(latents):
 
 
 def test_resume_reproduces_uninterrupted_run(latents, tmp_path):
-    straight = train(load_config(TrainConfig, CONFIG, overrides(latents, tmp_path / "a", 4)))
+    straight = train(load_config(TrainConfig, CONFIG, overrides(
+        latents, tmp_path / "a", 4, sample_every=4, sample_steps=2)))
+    events = list((straight / "tensorboard").glob("events.out.tfevents.*"))
+    tags = set()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for event_file in events:
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    assert {"train/loss", "train/grad_norm", "samples/frames"} <= tags
     train(load_config(TrainConfig, CONFIG, overrides(latents, tmp_path / "b", 2)))
     resumed = train(load_config(TrainConfig, CONFIG, overrides(latents, tmp_path / "b", 4)))
     state = json.loads((resumed / "checkpoints" / "step_00000004" / "train_state.json").read_text())
@@ -78,8 +89,11 @@ def run_training(args: list[str], processes: int = 1, wait: bool = True) -> subp
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     script = [str(ROOT / "pipelines" / "train_dit.py"), "--config", str(CONFIG), *args]
     if processes > 1:
+        with socket.socket() as s:  # torchrun hands --master_port=0 to workers as is: pick one
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               "--master_port=0", *script]
+               "--master_addr=127.0.0.1", f"--master_port={port}", *script]
     else:
         cmd = [sys.executable, *script]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)

@@ -25,7 +25,7 @@ from soraplan.model.common.checkpoint import (
 from soraplan.model.common.distributed import barrier, init_distributed
 from soraplan.model.common.ema import EMA
 from soraplan.model.dit.data import LatentDataset
-from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss
+from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
 from soraplan.model.dit.model import SkiparseDiT
 from soraplan.model.dit.sampler import BucketBatchSampler
 
@@ -89,6 +89,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
+    sample_every: int = 0  # log EMA samples of the first training caption to TensorBoard; 0: off
+    sample_steps: int = 20
+    sample_vae: str | None = None  # WF-VAE dir to decode samples; None logs latent previews
 
     def deepspeed_config(self, world_size: int) -> dict[str, Any]:
         bf16 = self.precision == "bf16" or (self.precision == "auto" and torch.cuda.is_available())
@@ -137,6 +140,32 @@ def load_ema(ema: EMA, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
     ema.load_state_dict(load_file(str(checkpoint / EMA_DIR / "diffusion_pytorch_model.safetensors")))
+
+
+@torch.no_grad()
+def log_samples(writer: Any, cfg: TrainConfig, engine: Any, ema: EMA, dataset: LatentDataset,
+                step: int) -> None:
+    """Sample the first training caption with the EMA weights; log video frames or, without a
+    VAE, the first three latent channels."""
+    model = SkiparseDiT.from_config(engine.module.config).to(engine.device).eval()
+    ema.copy_to(model)
+    batch = dataset.batch([0], [False])
+    null = dataset.batch([0], [True])
+    latents = sample_latents(
+        model, cfg.diffusion.sample_scheduler(), tuple(batch["latents"].shape[1:]),
+        batch["text_states"].to(engine.device), batch["text_mask"].to(engine.device),
+        null["text_states"].to(engine.device), null["text_mask"].to(engine.device),
+        cfg.sample_steps, cfg.diffusion.guidance_scale, cfg.seed)
+    if cfg.sample_vae:
+        from soraplan.model.dit.codec import load_wfvae_codec
+
+        codec = load_wfvae_codec(cfg.sample_vae, "sample_vae", str(engine.device))
+        frames = (codec.decode(latents)[0].transpose(0, 1).float().cpu() + 1) / 2  # (T, 3, H, W)
+    else:
+        preview = latents[0, :3].transpose(0, 1).float().cpu()
+        low, high = preview.amin(), preview.amax()
+        frames = (preview - low) / (high - low + 1e-6)
+    writer.add_images("samples/frames", frames.clamp(0, 1), step)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -206,6 +235,8 @@ def train(cfg: TrainConfig) -> Path:
             if (step + 1) % cfg.log_every == 0:
                 print(f"step {step + 1}: loss {mean_loss.item():.4f} grad_norm {grad_norm:.3f}",
                       flush=True)
+        if writer is not None and cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+            log_samples(writer, cfg, engine, ema, dataset, step + 1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(engine, ema, ckpt_root, step + 1, sampler, rank, cfg.keep_checkpoints)
     if writer is not None:
