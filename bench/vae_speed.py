@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["wfvae-s", "wfvae-l", "cogvideox"])
     parser.add_argument("--shapes", nargs="+", default=["33x256x256"], help="TxHxW (H = W)")
     parser.add_argument("--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode")
+    parser.add_argument("--include", help="JSON lines of rows from an earlier run (its stderr) to report with these")
     parser.add_argument("--child", nargs=4, metavar=("MODEL", "T", "SIZE", "CHUNKED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -97,7 +98,7 @@ def main() -> None:
 
     import torch
 
-    runs = []
+    runs = [json.loads(line) for line in open(args.include) if line.startswith("{")] if args.include else []
     for shape in args.shapes:
         t, h, w = (int(v) for v in shape.split("x"))
         assert h == w, "square inputs only"
