@@ -204,3 +204,59 @@ def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["train_pairs"] == 36
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_rewrite_text_file_and_shards(trained, tiny_llama_dir, ray_session, tmp_path):
+    from soraplan.captioner.refine.cli import main
+    from soraplan.captioner.refine.rewrite import RefinerConfig, RewriteJobConfig, run_rewrite
+    from soraplan.curation.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, read_clip_table, rows_to_table, schema_with, CAPTION_FIELDS, write_table_atomic
+
+    cfg, _ = trained
+    shorts = ["a dog runs on the beach", "an old man walks in a park", "a horse waits by a lake"]
+    (tmp_path / "prompts.txt").write_text("\n".join(shorts) + "\n")
+    refiner = RefinerConfig(
+        model=str(tiny_llama_dir), adapter=f"{cfg.output_dir}/adapter", dtype="float32", device="cpu",
+        prompt=PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine"),
+    )
+    refiner.generation.max_new_tokens = 40
+    summary = run_rewrite(RewriteJobConfig(input=str(tmp_path / "prompts.txt"), out=str(tmp_path / "dense.txt"), refiner=refiner))
+    dense = (tmp_path / "dense.txt").read_text().splitlines()
+    assert summary["prompts"] == 3 and summary["errors"] == 0 and len(dense) == 3
+    # The trained refiner writes in the learnt dense style: longer, with the template's phrases.
+    for short, long in zip(shorts, dense):
+        assert len(long.split()) > len(short.split()) + 4, long
+        assert "slowly" in long or "clear detail" in long, long
+
+    rows = [
+        empty_clip_row(clip_id="a", source_id="a", status=STATUS_KEPT, caption="ignored"),
+        empty_clip_row(clip_id="b", source_id="b", status=STATUS_KEPT, caption=shorts[1]),
+        empty_clip_row(clip_id="c", source_id="c", status=STATUS_KEPT),
+        empty_clip_row(clip_id="d", source_id="d", status=STATUS_REJECTED, caption=shorts[2]),
+    ]
+    rows[0]["vlm_caption"] = shorts[0]  # vlm_caption wins over the shipped caption
+    table = rows_to_table(rows, schema_with(CAPTION_FIELDS))
+    write_table_atomic(table, tmp_path / "captioned" / "clips" / "s0.parquet")
+    (tmp_path / "rewrite.yaml").write_text(
+        "refiner: {dtype: float32, device: cpu, generation: {max_new_tokens: 40}}\n"
+        "actors: {batch_size: 2, concurrency: 1, num_cpus: 0.5}\n"
+    )
+    main(["rewrite", "--config", str(tmp_path / "rewrite.yaml"), "--input", str(tmp_path / "captioned"),
+          "--out", str(tmp_path / "refined"), f"refiner.model={tiny_llama_dir}",
+          f"refiner.adapter={cfg.output_dir}/adapter", f"refiner.prompt.file={REFINE_PROMPTS}"])
+    out = {r["clip_id"]: r for r in read_clip_table(tmp_path / "refined").to_pylist()}
+    assert sorted(out) == ["a", "b", "c", "d"]
+    assert out["a"]["refined_caption"] == dense[0] and out["b"]["refined_caption"] == dense[1]
+    assert out["c"]["refined_caption"] is None and out["c"]["refine_error"] == "no caption to refine"
+    assert out["d"]["refined_caption"] is None and out["d"]["refine_error"] is None
+    assert out["a"]["vlm_caption"] == shorts[0]  # existing columns kept
+    summary = json.loads((tmp_path / "refined" / "summary.json").read_text())
+    assert summary["rows_out"] == 4 and summary["refined"] == 2 and summary["errors"] == 1
+
+
+def test_rewrite_fails_fast_on_missing_adapter(tiny_llama_dir, tmp_path):
+    from soraplan.captioner.refine.rewrite import RefinerConfig, RewriteJobConfig, run_rewrite
+
+    job = RewriteJobConfig(input=str(tmp_path / "x.txt"), out=str(tmp_path / "y.txt"),
+                           refiner=RefinerConfig(model=str(tiny_llama_dir), adapter=str(tmp_path / "no_adapter")))
+    with pytest.raises(ModelSourceError, match="refiner.adapter"):
+        run_rewrite(job)
