@@ -37,28 +37,44 @@ def lpips_distance(net: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> float:
         return float(net(to_tensor(a), to_tensor(b)).mean())
 
 
-def evaluate(vae: WFVAEModel, clips: list[tuple[str, np.ndarray]], lpips_net: torch.nn.Module | None) -> dict:
+def evaluate(
+    vae: WFVAEModel, clips: list[tuple[str, np.ndarray]], lpips_net: torch.nn.Module | None
+) -> dict:
     rows = []
     for name, frames in clips:
         recon = reconstruct_frames(vae, frames, chunk_frames=16, chunk_latents=4)
-        rows.append({
-            "clip": name,
-            "psnr": psnr_uint8(frames, recon),
-            "ssim": ssim_uint8(frames, recon),
-            "lpips": lpips_distance(lpips_net, frames, recon) if lpips_net is not None else None,
-        })
-    mean = {k: float(np.mean([r[k] for r in rows])) if lpips_net is not None or k != "lpips" else None
-            for k in ("psnr", "ssim", "lpips")}
+        rows.append(
+            {
+                "clip": name,
+                "psnr": psnr_uint8(frames, recon),
+                "ssim": ssim_uint8(frames, recon),
+                "lpips": lpips_distance(lpips_net, frames, recon)
+                if lpips_net is not None
+                else None,
+            }
+        )
+    mean = {
+        k: float(np.mean([r[k] for r in rows])) if lpips_net is not None or k != "lpips" else None
+        for k in ("psnr", "ssim", "lpips")
+    }
     return {"mean": mean, "clips": rows}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pretrained", help="a save_pretrained directory")
-    parser.add_argument("--checkpoints", help="a training checkpoint root: evaluate every <tag>/vae_ema")
-    parser.add_argument("--untrained", help="also evaluate this named config with random weights (seed 0)")
+    parser.add_argument(
+        "--checkpoints", help="a training checkpoint root: evaluate every <tag>/vae_ema"
+    )
+    parser.add_argument(
+        "--untrained", help="also evaluate this named config with random weights (seed 0)"
+    )
     parser.add_argument("--devset", default=str(DEVSET))
-    parser.add_argument("--video-dirs", nargs="*", help="subfolders of the devset videos (default: all)")
+    parser.add_argument(
+        "--video-dirs", nargs="*", help="subfolders of the devset videos (default: all)"
+    )
     parser.add_argument("--max-clips", type=int, default=None)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--short-side", type=int, default=128)
@@ -71,13 +87,18 @@ def main() -> None:
         sys.exit(f"devset not found at {root}; pass --devset")
     dirs = [root / d for d in args.video_dirs] if args.video_dirs else [root]
     paths = sorted(p for d in dirs for p in d.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-    clips = [(str(p.relative_to(root)), load_video(p, args.short_side, args.frames)[0]) for p in paths[: args.max_clips]]
+    clips = [
+        (str(p.relative_to(root)), load_video(p, args.short_side, args.frames)[0])
+        for p in paths[: args.max_clips]
+    ]
     lpips_net = load_lpips(args.lpips_net, args.lpips_weights)
 
     models: list[tuple[str, int | None, WFVAEModel]] = []
     if args.untrained:
         torch.manual_seed(0)
-        models.append((f"{args.untrained} (untrained)", 0, WFVAEConfig(name=args.untrained).build()))
+        models.append(
+            (f"{args.untrained} (untrained)", 0, WFVAEConfig(name=args.untrained).build())
+        )
     if args.pretrained:
         models.append((args.pretrained, None, WFVAEConfig(pretrained=args.pretrained).build()))
     if args.checkpoints:
@@ -91,10 +112,22 @@ def main() -> None:
     for name, step, vae in models:
         result = evaluate(vae.eval(), clips, lpips_net)
         results.append({"model": name, "step": step, **result})
-        print(json.dumps({"model": name, "step": step, **result["mean"]}), file=sys.stderr, flush=True)
+        print(
+            json.dumps({"model": name, "step": step, **result["mean"]}), file=sys.stderr, flush=True
+        )
     curve = [{"step": r["step"], **r["mean"]} for r in results if r["step"] is not None]
-    print(json.dumps({"clips": [c for c, _ in clips], "frames": args.frames, "short_side": args.short_side,
-                      "curve": curve, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "clips": [c for c, _ in clips],
+                "frames": args.frames,
+                "short_side": args.short_side,
+                "curve": curve,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

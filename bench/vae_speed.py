@@ -56,8 +56,10 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         return vae.decode(z, **(decode_chunks if chunks else {})).sample
+
     x = torch.rand(1, 3, frames, size, size, device=device) * 2 - 1
     result: dict[str, float] = {"params_m": sum(p.numel() for p in vae.parameters()) / 1e6}
+    z = None
     with torch.no_grad():
         for phase, fn in (("encode", encode), ("decode", decode)):
             arg = x if phase == "encode" else z
@@ -84,12 +86,20 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["wfvae-s", "wfvae-l", "cogvideox"])
     parser.add_argument("--shapes", nargs="+", default=["33x256x256"], help="TxHxW (H = W)")
-    parser.add_argument("--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode")
-    parser.add_argument("--include", help="JSON lines of rows from an earlier run (its stderr) to report with these")
-    parser.add_argument("--child", nargs=4, metavar=("MODEL", "T", "SIZE", "CHUNKED"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode"
+    )
+    parser.add_argument(
+        "--include", help="JSON lines of rows from an earlier run (its stderr) to report with these"
+    )
+    parser.add_argument(
+        "--child", nargs=4, metavar=("MODEL", "T", "SIZE", "CHUNKED"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         name, t, size, chunked = args.child
@@ -98,39 +108,76 @@ def main() -> None:
 
     import torch
 
-    runs = [json.loads(line) for line in open(args.include) if line.startswith("{")] if args.include else []
+    runs = (
+        [json.loads(line) for line in open(args.include) if line.startswith("{")]
+        if args.include
+        else []
+    )
     for shape in args.shapes:
         t, h, w = (int(v) for v in shape.split("x"))
         assert h == w, "square inputs only"
         for name in args.models:
-            for chunked in ([False, True] if args.chunked and name != "cogvideox" else [False]):
-                cmd = [sys.executable, __file__, "--child", name, str(t), str(h), "1" if chunked else "0"]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV})
+            for chunked in [False, True] if args.chunked and name != "cogvideox" else [False]:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    str(t),
+                    str(h),
+                    "1" if chunked else "0",
+                ]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}
+                )
                 row = {"model": name, "shape": shape, "chunked": chunked}
                 if proc.returncode:
-                    row["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else f"exit {proc.returncode}"
+                    row["error"] = (
+                        proc.stderr.strip().splitlines()[-1]
+                        if proc.stderr
+                        else f"exit {proc.returncode}"
+                    )
                 else:
                     row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
                 runs.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     ratios = []
     for shape in args.shapes:
-        base = next((r for r in runs if r["model"] == "cogvideox" and r["shape"] == shape and "error" not in r), None)
+        base = next(
+            (
+                r
+                for r in runs
+                if r["model"] == "cogvideox" and r["shape"] == shape and "error" not in r
+            ),
+            None,
+        )
         for r in runs:
             if base is None or r["model"] == "cogvideox" or r["shape"] != shape or "error" in r:
                 continue
-            ratios.append({
-                "model": r["model"], "shape": shape, "chunked": r["chunked"],
-                **{f"cogvideox_over_wfvae_{k}": base[k] / r[k] for k in
-                   ("encode_s", "decode_s", "encode_peak_gib", "decode_peak_gib") if r[k] > 0},
-            })
-    print(json.dumps({
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-        "runs": runs,
-        "ratios": ratios,
-    }, indent=2))
+            ratios.append(
+                {
+                    "model": r["model"],
+                    "shape": shape,
+                    "chunked": r["chunked"],
+                    **{
+                        f"cogvideox_over_wfvae_{k}": base[k] / r[k]
+                        for k in ("encode_s", "decode_s", "encode_peak_gib", "decode_peak_gib")
+                        if r[k] > 0
+                    },
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "threads": torch.get_num_threads(),
+                "load_average": os.getloadavg(),
+                "runs": runs,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,17 +27,36 @@ def test_metrics() -> None:
     assert ssim_uint8(a, 255 - a) < 0.1
 
 
-def test_reconstruct_cli_writes_video_and_prints_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reconstruct_cli_writes_video_and_prints_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     frames = np.zeros((11, 40, 56, 3), np.uint8)
     frames[..., 1] = np.linspace(0, 255, 56, dtype=np.uint8)
     write_video(tmp_path / "in.mp4", frames, fps=10)
     loaded, fps = load_video(tmp_path / "in.mp4", short_side=None, max_frames=None)
-    assert loaded.shape == (9, 40, 56, 3) and fps == pytest.approx(10)  # 1 + 4n frames, 8-aligned size
+    assert loaded.shape == (9, 40, 56, 3) and fps == pytest.approx(
+        10
+    )  # 1 + 4n frames, 8-aligned size
 
-    WFVAEModel(base_channels=8, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
-               encoder_energy_flow_channels=8, decoder_energy_flow_channels=8).save_pretrained(tmp_path / "vae")
-    main(["reconstruct", str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"),
-          "--model.pretrained", str(tmp_path / "vae"), "chunk_frames=4", "chunk_latents=1"])
+    WFVAEModel(
+        base_channels=8,
+        latent_channels=4,
+        encoder_num_res_blocks=1,
+        decoder_num_res_blocks=1,
+        encoder_energy_flow_channels=8,
+        decoder_energy_flow_channels=8,
+    ).save_pretrained(tmp_path / "vae")
+    main(
+        [
+            "reconstruct",
+            str(tmp_path / "in.mp4"),
+            str(tmp_path / "out.mp4"),
+            "--model.pretrained",
+            str(tmp_path / "vae"),
+            "chunk_frames=4",
+            "chunk_latents=1",
+        ]
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["frames"] == 9 and np.isfinite(report["psnr"]) and -1 <= report["ssim"] <= 1
     info = probe(tmp_path / "out.mp4")
@@ -47,5 +66,12 @@ def test_reconstruct_cli_writes_video_and_prints_metrics(tmp_path: Path, capsys:
 def test_reconstruct_fails_fast_on_missing_weights(tmp_path: Path) -> None:
     # The input does not exist either: the weights are checked first, before any data is read.
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
-        main(["reconstruct", str(tmp_path / "absent.mp4"), str(tmp_path / "out.mp4"),
-              "--model.pretrained", str(tmp_path / "no-weights")])
+        main(
+            [
+                "reconstruct",
+                str(tmp_path / "absent.mp4"),
+                str(tmp_path / "out.mp4"),
+                "--model.pretrained",
+                str(tmp_path / "no-weights"),
+            ]
+        )

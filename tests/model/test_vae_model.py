@@ -22,8 +22,12 @@ from soraplan.model.vae.modules import (
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TINY = dict(
-    base_channels=8, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
-    encoder_energy_flow_channels=8, decoder_energy_flow_channels=8,
+    base_channels=8,
+    latent_channels=4,
+    encoder_num_res_blocks=1,
+    decoder_num_res_blocks=1,
+    encoder_energy_flow_channels=8,
+    decoder_energy_flow_channels=8,
 )
 
 
@@ -72,8 +76,14 @@ def test_shapes_and_compression() -> None:
 
 @pytest.mark.parametrize(
     ("frames", "frame_chunks", "latent_chunks"),
-    [(17, (1, 8), (1, 2)), (29, (4, 7), (2, 3)), (33, (8, 16), (1, 4)),
-     (49, (5, 12), (2, 5)), (61, (3, 16), (3, 4)), (93, (8, 32), (2, 7))],
+    [
+        (17, (1, 8), (1, 2)),
+        (29, (4, 7), (2, 3)),
+        (33, (8, 16), (1, 4)),
+        (49, (5, 12), (2, 5)),
+        (61, (3, 16), (3, 4)),
+        (93, (8, 32), (2, 7)),
+    ],
 )
 def test_chunked_encode_and_decode_equal_full_pass(
     frames: int, frame_chunks: tuple[int, int], latent_chunks: tuple[int, int]
@@ -89,7 +99,9 @@ def test_chunked_encode_and_decode_equal_full_pass(
             assert (moments.mean - full.mean).abs().max() < 1e-10, chunk
             assert (moments.logvar - full.logvar).abs().max() < 1e-10, chunk
         for chunk in latent_chunks:  # odd and even latent chunk lengths
-            assert (model.decode(z, chunk_latents=chunk).sample - decoded).abs().max() < 1e-10, chunk
+            assert (model.decode(z, chunk_latents=chunk).sample - decoded).abs().max() < 1e-10, (
+                chunk
+            )
 
 
 def test_groupnorm_variant_is_not_lossless() -> None:
@@ -132,7 +144,9 @@ def test_named_configs_build_and_save_load_round_trip(tmp_path: Path) -> None:
     assert from_file.config.base_channels == 8
     x = video(9).float()
     with torch.no_grad():
-        assert torch.equal(model(x, sample_posterior=False).sample, loaded(x, sample_posterior=False).sample)
+        assert torch.equal(
+            model(x, sample_posterior=False).sample, loaded(x, sample_posterior=False).sample
+        )
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         WFVAEConfig(pretrained=str(tmp_path / "missing")).build()
     with pytest.raises(KeyError, match="wfvae-s"):
@@ -170,7 +184,9 @@ def test_chunked_encoding_peak_memory_is_bounded_by_the_chunk() -> None:
     # A fresh process with mmap for every large block, so freed memory leaves the resident
     # set at once and the peak counts live tensors only.
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, env=env, check=True
+    )
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
     # Twice the frames in chunks costs about the same; one full pass costs several times more.
     assert peaks["65/8"] < 1.5 * peaks["33/8"], peaks

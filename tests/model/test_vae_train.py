@@ -23,8 +23,12 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(
-    base_channels=8, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
-    encoder_energy_flow_channels=8, decoder_energy_flow_channels=8,
+    base_channels=8,
+    latent_channels=4,
+    encoder_num_res_blocks=1,
+    decoder_num_res_blocks=1,
+    encoder_energy_flow_channels=8,
+    decoder_energy_flow_channels=8,
 )
 
 
@@ -46,20 +50,56 @@ def curated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     b = write_video(root / "videos" / "b.mp4", two_tone_video(30), fps=24)
     rows = [
         # crop box keeps the blue right half only
-        empty_clip_row(clip_id="a-0", source_id="a", path=str(a), start_s=0.0, end_s=2.0, num_frames=24,
-                       fps=12.0, width=96, height=64, crop=[48, 96, 0, 64], status="kept"),
-        empty_clip_row(clip_id="b-0", source_id="b", path=str(b), start_s=0.25, end_s=1.25, num_frames=24,
-                       fps=24.0, width=96, height=64, crop=[48, 96, 0, 64], status="kept"),
-        empty_clip_row(clip_id="c-0", source_id="c", path=str(root / "missing.mp4"), start_s=0.0,
-                       end_s=1.0, status="rejected", reject_reasons=["static"]),
+        empty_clip_row(
+            clip_id="a-0",
+            source_id="a",
+            path=str(a),
+            start_s=0.0,
+            end_s=2.0,
+            num_frames=24,
+            fps=12.0,
+            width=96,
+            height=64,
+            crop=[48, 96, 0, 64],
+            status="kept",
+        ),
+        empty_clip_row(
+            clip_id="b-0",
+            source_id="b",
+            path=str(b),
+            start_s=0.25,
+            end_s=1.25,
+            num_frames=24,
+            fps=24.0,
+            width=96,
+            height=64,
+            crop=[48, 96, 0, 64],
+            status="kept",
+        ),
+        empty_clip_row(
+            clip_id="c-0",
+            source_id="c",
+            path=str(root / "missing.mp4"),
+            start_s=0.0,
+            end_s=1.0,
+            status="rejected",
+            reject_reasons=["static"],
+        ),
     ]
     write_table_atomic(rows_to_table(rows), root / "clips" / "part-00000.parquet")
     return root
 
 
 def test_sampler_reads_kept_clips_inside_their_crop_deterministically(curated_dir: Path) -> None:
-    sampler = VAEDataConfig(shard_dirs=[str(curated_dir)], num_frames=9, crop_size=32, short_side=32,
-                            fps=8.0, batch_size=2, seed=3).build()
+    sampler = VAEDataConfig(
+        shard_dirs=[str(curated_dir)],
+        num_frames=9,
+        crop_size=32,
+        short_side=32,
+        fps=8.0,
+        batch_size=2,
+        seed=3,
+    ).build()
     assert len(sampler.clips) == 2  # the rejected row is not used
     batch = sampler.batch(step=5, rank=1)
     assert batch.shape == (2, 3, 9, 32, 32)
@@ -77,8 +117,14 @@ def test_sampler_mixes_images_as_single_frames(curated_dir: Path, tmp_path: Path
     import cv2
 
     cv2.imwrite(str(tmp_path / "img.png"), image[:, :, ::-1])
-    sampler = VAEDataConfig(shard_dirs=[str(curated_dir)], image_dirs=[str(tmp_path)], image_fraction=0.5,
-                            num_frames=5, crop_size=32, short_side=40).build()
+    sampler = VAEDataConfig(
+        shard_dirs=[str(curated_dir)],
+        image_dirs=[str(tmp_path)],
+        image_fraction=0.5,
+        num_frames=5,
+        crop_size=32,
+        short_side=40,
+    ).build()
     shapes = {tuple(sampler.batch(step).shape) for step in range(12)}
     assert shapes == {(1, 3, 1, 32, 32), (1, 3, 5, 32, 32)}
     with pytest.raises(ValueError, match="1 \\+ 4n"):
@@ -101,7 +147,11 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
 
     out = model(x, generator=torch.Generator().manual_seed(1))
     wavelet = sum((e - d).abs().sum() for e, d in zip(out.encoder_coeffs, out.decoder_coeffs))
-    direct = (x - out.sample).abs().sum() + cfg.kl_weight * out.latent_dist.kl().mean() + cfg.wavelet_weight * wavelet
+    direct = (
+        (x - out.sample).abs().sum()
+        + cfg.kl_weight * out.latent_dist.kl().mean()
+        + cfg.wavelet_weight * wavelet
+    )
     direct.backward()
     assert stats["loss"] == pytest.approx(direct.item(), rel=1e-5)
     for g, p in zip(grads, model.parameters()):
@@ -111,7 +161,7 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     out = model(x)
     _, stats = loss_fn.generator_loss(x, out, step=10, discriminator=disc)
     assert 0 < stats["d_weight"] <= cfg.adaptive_weight_max * cfg.disc_weight
-    d_loss, d_stats = loss_fn.discriminator_loss(x, out.sample, disc)
+    d_loss, _ = loss_fn.discriminator_loss(x, out.sample, disc)
     d_loss.backward()
     assert all(p.grad is not None for p in disc.parameters())
     assert disc(torch.zeros(1, 3, 1, 32, 32)).shape[2] == 1  # images (T = 1) work too
@@ -130,7 +180,9 @@ def test_lpips_falls_back_with_warning_and_loads_a_backbone_from_a_path(tmp_path
     assert lpips_net is not None
     assert not [w for w in caught if "LPIPS is off" in str(w.message)]
     assert torch.equal(lpips_net.net.slice1[0].weight, state["features.0.weight"])
-    assert torch.equal(dict(lpips_net.net.named_parameters())["slice5.10.weight"], state["features.10.weight"])
+    assert torch.equal(
+        dict(lpips_net.net.named_parameters())["slice5.10.weight"], state["features.10.weight"]
+    )
     a = torch.rand(2, 3, 64, 64) * 2 - 1
     assert lpips_net(a, a).abs().max() < 1e-6
     assert (lpips_net(a, -a) > 0).all()
@@ -138,35 +190,60 @@ def test_lpips_falls_back_with_warning_and_loads_a_backbone_from_a_path(tmp_path
 
 def train_config(out: Path, curated: Path, max_steps: int) -> list[str]:
     return [
-        f"output_dir={out}", f"max_steps={max_steps}", "model.name=wfvae-tiny",
-        f"model.overrides={json.dumps(TINY)}", f"data.shard_dirs=[{curated}]", "data.num_frames=5",
-        "data.crop_size=32", "data.short_side=32", "loss.lpips_weight=0.0", "loss.disc_start_step=1",
-        "loss.disc_channels=8", "loss.disc_layers=2", "log_every=1", "video_every=2", "save_every=2",
-        "ema_decay=0.5", "cpu_threads=1", f"deepspeed_config={REPO / 'pipelines/configs/ds_zero2.json'}",
+        f"output_dir={out}",
+        f"max_steps={max_steps}",
+        "model.name=wfvae-tiny",
+        f"model.overrides={json.dumps(TINY)}",
+        f"data.shard_dirs=[{curated}]",
+        "data.num_frames=5",
+        "data.crop_size=32",
+        "data.short_side=32",
+        "loss.lpips_weight=0.0",
+        "loss.disc_start_step=1",
+        "loss.disc_channels=8",
+        "loss.disc_layers=2",
+        "log_every=1",
+        "video_every=2",
+        "save_every=2",
+        "ema_decay=0.5",
+        "cpu_threads=1",
+        f"deepspeed_config={REPO / 'pipelines/configs/ds_zero2.json'}",
     ]
 
 
-def run_trainer(overrides: list[str]) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def run_trainer(
+    overrides: list[str],
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from soraplan.curation.config import load_config
     from soraplan.model.vae.train import Trainer, TrainVAEConfig
 
     trainer = Trainer(load_config(TrainVAEConfig, None, overrides))
     history = trainer.fit()
-    return history, {k: v.clone() for k, v in trainer.vae.state_dict().items()}, trainer.ema.state_dict()
+    return (
+        history,
+        {k: v.clone() for k, v in trainer.vae.state_dict().items()},
+        trainer.ema.state_dict(),
+    )
 
 
 @pytest.fixture()
 def single_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+    for key, value in dict(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1"
+    ).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MASTER_PORT", os.environ.get("MASTER_PORT", "29531"))
 
 
-def test_resumed_training_equals_uninterrupted(curated_dir: Path, tmp_path: Path, single_process_env: None) -> None:
+def test_resumed_training_equals_uninterrupted(
+    curated_dir: Path, tmp_path: Path, single_process_env: None
+) -> None:
     # N = 2 steps with the discriminator active from step 1: 4 straight == 2, new process state, 2 more.
     straight, weights, ema = run_trainer(train_config(tmp_path / "straight", curated_dir, 4))
     first, _, _ = run_trainer(train_config(tmp_path / "resumed", curated_dir, 2))
-    second, weights_resumed, ema_resumed = run_trainer(train_config(tmp_path / "resumed", curated_dir, 4))
+    second, weights_resumed, ema_resumed = run_trainer(
+        train_config(tmp_path / "resumed", curated_dir, 4)
+    )
     assert [s["step"] for s in first + second] == [1, 2, 3, 4]
     assert "d_loss" in straight[-1]
     for a, b in zip(straight, first + second):
@@ -188,14 +265,26 @@ def test_resumed_training_equals_uninterrupted(curated_dir: Path, tmp_path: Path
 
 
 @pytest.mark.heavy
-def test_two_process_deepspeed_resume_equals_uninterrupted(curated_dir: Path, tmp_path: Path) -> None:
+def test_two_process_deepspeed_resume_equals_uninterrupted(
+    curated_dir: Path, tmp_path: Path
+) -> None:
     """2 CPU processes (gloo) under the deepspeed launcher: 4 steps == 2 + resume + 2."""
 
     def launch(out: Path, steps: int) -> None:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2",
-               "--master_port", "29533", str(REPO / "pipelines/train_vae.py"),
-               *train_config(out, curated_dir, steps)]
-        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=900)
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_accelerators",
+            "2",
+            "--master_port",
+            "29533",
+            str(REPO / "pipelines/train_vae.py"),
+            *train_config(out, curated_dir, steps),
+        ]
+        subprocess.run(
+            cmd, check=True, cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=900
+        )
 
     launch(tmp_path / "straight", 4)
     launch(tmp_path / "resumed", 2)

@@ -44,6 +44,8 @@ class EMA:
         missing = set(self.shadow) - set(state)
         unexpected = set(state) - set(self.shadow)
         if missing or unexpected:
-            raise KeyError(f"EMA state mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+            raise KeyError(
+                f"EMA state mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
         for name, t in state.items():
             self.shadow[name].copy_(t)

@@ -36,7 +36,9 @@ class ReconstructConfig:
     dtype: str = "float32"
 
 
-def load_video(path: str | Path, short_side: int | None, max_frames: int | None) -> tuple[np.ndarray, float]:
+def load_video(
+    path: str | Path, short_side: int | None, max_frames: int | None
+) -> tuple[np.ndarray, float]:
     """Frames T x H x W x 3 uint8 with T = 1 + 4n and H, W multiples of 8; and the fps."""
     info = probe(path)
     w, h = fit_short_side(info.width, info.height, short_side)
@@ -53,7 +55,9 @@ def load_video(path: str | Path, short_side: int | None, max_frames: int | None)
 
 
 @torch.no_grad()
-def reconstruct_frames(vae: WFVAEModel, frames: np.ndarray, chunk_frames: int, chunk_latents: int) -> np.ndarray:
+def reconstruct_frames(
+    vae: WFVAEModel, frames: np.ndarray, chunk_frames: int, chunk_latents: int
+) -> np.ndarray:
     dtype = next(vae.parameters()).dtype
     x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1.0
     z = vae.encode(x, chunk_frames=chunk_frames).latent_dist.mode()
@@ -66,12 +70,19 @@ def reconstruct(cfg: ReconstructConfig, src: str, dst: str) -> dict[str, float]:
     frames, fps = load_video(src, cfg.short_side, cfg.max_frames)
     recon = reconstruct_frames(vae, frames, cfg.chunk_frames, cfg.chunk_latents)
     write_video(dst, recon, fps)
-    return {"frames": len(frames), "psnr": psnr_uint8(frames, recon), "ssim": ssim_uint8(frames, recon)}
+    return {
+        "frames": len(frames),
+        "psnr": psnr_uint8(frames, recon),
+        "ssim": ssim_uint8(frames, recon),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="soraplan-vae", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="soraplan-vae",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("reconstruct", help="encode and decode a video")
     rec.add_argument("input")
@@ -80,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--model.pretrained", dest="pretrained")
     rec.add_argument("--model.name", dest="name")
     rec.add_argument("overrides", nargs="*", help="key.path=value")
-    train = sub.add_parser("train", help="train in this process (multi-process: pipelines/train_vae.py)")
+    train = sub.add_parser(
+        "train", help="train in this process (multi-process: pipelines/train_vae.py)"
+    )
     train.add_argument("--config")
     train.add_argument("overrides", nargs="*")
     # key=value overrides may come before or after the options, which argparse cannot interleave.

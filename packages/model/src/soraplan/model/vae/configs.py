@@ -15,8 +15,12 @@ WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
     "wfvae-l": dict(base_channels=192, latent_channels=16),
     # Small enough to train on a CPU in minutes; for tests, smoke runs and the CPU figures.
     "wfvae-tiny": dict(
-        base_channels=16, latent_channels=4, encoder_num_res_blocks=1, decoder_num_res_blocks=1,
-        encoder_energy_flow_channels=16, decoder_energy_flow_channels=16,
+        base_channels=16,
+        latent_channels=4,
+        encoder_num_res_blocks=1,
+        decoder_num_res_blocks=1,
+        encoder_energy_flow_channels=16,
+        decoder_energy_flow_channels=16,
     ),
 }
 

@@ -28,7 +28,9 @@ MAX_ATTEMPTS = 8  # unreadable sources are skipped, drawing another one
 
 @dataclass
 class VAEDataConfig:
-    shard_dirs: list[str] = field(default_factory=list)  # curated shard dirs (<dir>/clips/*.parquet)
+    shard_dirs: list[str] = field(
+        default_factory=list
+    )  # curated shard dirs (<dir>/clips/*.parquet)
     video_dirs: list[str] = field(default_factory=list)  # folders of videos, each used whole
     image_dirs: list[str] = field(default_factory=list)
     image_fraction: float = 0.0  # share of steps whose batch is images (T = 1)
@@ -63,8 +65,17 @@ def clips_from_shards(shard_dir: str) -> list[ClipSource]:
         if not path.is_absolute() and not path.exists():
             path = root / path
         crop = tuple(row["crop"]) if row.get("crop") else None
-        clips.append(ClipSource(str(path), row["start_s"], row["end_s"], row["fps"] or 0.0,
-                                row["width"], row["height"], crop))
+        clips.append(
+            ClipSource(
+                str(path),
+                row["start_s"],
+                row["end_s"],
+                row["fps"] or 0.0,
+                row["width"],
+                row["height"],
+                crop,
+            )
+        )
     return clips
 
 
@@ -78,7 +89,9 @@ def clips_from_folder(folder: str) -> list[ClipSource]:
         except VideoDecodeError as exc:
             log.warning("skipping unreadable video: %s", exc)
             continue
-        clips.append(ClipSource(str(path), 0.0, info.duration_s, info.fps, info.width, info.height, None))
+        clips.append(
+            ClipSource(str(path), 0.0, info.duration_s, info.fps, info.width, info.height, None)
+        )
     return clips
 
 
@@ -102,10 +115,15 @@ class VideoCropSampler:
         self.clips = [c for d in cfg.shard_dirs for c in clips_from_shards(d)]
         self.clips += [c for d in cfg.video_dirs for c in clips_from_folder(d)]
         self.images = sorted(
-            str(p) for d in cfg.image_dirs for p in Path(d).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            str(p)
+            for d in cfg.image_dirs
+            for p in Path(d).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not self.clips and not self.images:
-            raise ValueError("no training data: set data.shard_dirs, data.video_dirs or data.image_dirs")
+            raise ValueError(
+                "no training data: set data.shard_dirs, data.video_dirs or data.image_dirs"
+            )
 
     def batch(self, step: int, rank: int = 0) -> torch.Tensor:
         """(batch_size, 3, T, crop, crop) float in [-1, 1]; T = 1 on image steps."""
@@ -113,8 +131,10 @@ class VideoCropSampler:
         use_images = bool(self.images) and (
             not self.clips or np.random.default_rng([cfg.seed, step]).random() < cfg.image_fraction
         )
-        items = [self._sample(np.random.default_rng([cfg.seed, step, rank, j]), use_images)
-                 for j in range(cfg.batch_size)]
+        items = [
+            self._sample(np.random.default_rng([cfg.seed, step, rank, j]), use_images)
+            for j in range(cfg.batch_size)
+        ]
         frames = torch.from_numpy(np.stack(items))  # B, T, H, W, 3 uint8
         return frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
@@ -130,12 +150,19 @@ class VideoCropSampler:
                 log.warning("skipping sample: %s", exc)
         raise VideoDecodeError(f"{MAX_ATTEMPTS} samples in a row failed to decode: {errors}")
 
-    def _scaled(self, width: int, height: int, crop: tuple[int, int, int, int] | None) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    def _scaled(
+        self, width: int, height: int, crop: tuple[int, int, int, int] | None
+    ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """Decode size (w, h) and the crop box in decoded pixels, short side of the box = short_side."""
         x0, x1, y0, y1 = crop or (0, width, 0, height)
         scale = self.cfg.short_side / min(x1 - x0, y1 - y0)
         size = (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
-        box = (round(x0 * scale), min(size[0], round(x1 * scale)), round(y0 * scale), min(size[1], round(y1 * scale)))
+        box = (
+            round(x0 * scale),
+            min(size[0], round(x1 * scale)),
+            round(y0 * scale),
+            min(size[1], round(y1 * scale)),
+        )
         if min(box[1] - box[0], box[3] - box[2]) < self.cfg.crop_size:
             box = (0, size[0], 0, size[1])
         return size, box

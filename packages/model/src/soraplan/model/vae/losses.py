@@ -49,7 +49,11 @@ class PatchDiscriminator3D(nn.Module):
             out = channels * min(2**i, 8)
             stride = 2 if i < num_layers else 1
             # GroupNorm, not BatchNorm: no running statistics, so replicas and resumes agree.
-            layers += [nn.Conv3d(width, out, (3, 4, 4), stride, 1), nn.GroupNorm(min(32, out), out), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv3d(width, out, (3, 4, 4), stride, 1),
+                nn.GroupNorm(min(32, out), out),
+                nn.LeakyReLU(0.2),
+            ]
             width = out
         layers.append(nn.Conv3d(width, 1, (3, 4, 4), 1, 1))
         self.net = nn.Sequential(*layers)
@@ -87,7 +91,9 @@ def load_lpips(net: str, backbone_weights: str | None) -> nn.Module | None:
     else:
         state = torch.load(backbone_weights, map_location="cpu", weights_only=True)
     # lpips keeps torchvision's `features.<i>` layers in slices named `slice<k>.<i>`.
-    mapped = {name: state[f"features.{name.split('.', 1)[1]}"] for name, _ in model.net.named_parameters()}
+    mapped = {
+        name: state[f"features.{name.split('.', 1)[1]}"] for name, _ in model.net.named_parameters()
+    }
     model.net.load_state_dict(mapped)
     return model.eval().requires_grad_(False)
 
@@ -98,7 +104,9 @@ class VAELoss(nn.Module):
     def __init__(self, cfg: VAELossConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lpips = load_lpips(cfg.lpips_net, cfg.lpips_backbone_weights) if cfg.lpips_weight > 0 else None
+        self.lpips = (
+            load_lpips(cfg.lpips_net, cfg.lpips_backbone_weights) if cfg.lpips_weight > 0 else None
+        )
 
     def disc_active(self, step: int) -> bool:
         return step >= self.cfg.disc_start_step
@@ -126,7 +134,11 @@ class VAELoss(nn.Module):
             per_pixel = per_pixel + cfg.lpips_weight * per_frame.view(b, 1, -1, 1, 1)
         nll = per_pixel.sum() / b
         pixel_loss = nll
-        stats = {"l1": (x - recon).abs().mean().item(), "lpips": lpips_value.item(), "nll": nll.item()}
+        stats = {
+            "l1": (x - recon).abs().mean().item(),
+            "lpips": lpips_value.item(),
+            "nll": nll.item(),
+        }
         if self.disc_active(step):
             g_loss = -discriminator(recon).mean()
             d_weight = self.adaptive_weight(nll, g_loss, recon)
@@ -134,13 +146,17 @@ class VAELoss(nn.Module):
             stats.update(g_loss=g_loss.item(), d_weight=d_weight.item())
         (grad_recon,) = torch.autograd.grad(pixel_loss, recon)
         kl = out.latent_dist.kl().mean()
-        wavelet = sum((e - d).abs().sum() for e, d in zip(out.encoder_coeffs, out.decoder_coeffs)) / b
+        wavelet = (
+            sum((e - d).abs().sum() for e, d in zip(out.encoder_coeffs, out.decoder_coeffs)) / b
+        )
         extra = cfg.kl_weight * kl + cfg.wavelet_weight * wavelet
         surrogate = (out.sample * grad_recon).sum() + extra
         stats.update(kl=kl.item(), wavelet=wavelet.item(), loss=pixel_loss.item() + extra.item())
         return surrogate, stats
 
-    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def adaptive_weight(
+        self, nll: torch.Tensor, g_loss: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
         """Scale the adversarial term so its gradient norm at `at` matches the reconstruction's."""
         nll_grad = torch.autograd.grad(nll, at, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, at, retain_graph=True)[0]
@@ -153,5 +169,8 @@ class VAELoss(nn.Module):
         logits_real = discriminator(x.detach())
         logits_fake = discriminator(recon.detach())
         loss = hinge_discriminator_loss(logits_real, logits_fake)
-        return loss, {"d_loss": loss.item(), "logits_real": logits_real.mean().item(),
-                      "logits_fake": logits_fake.mean().item()}
+        return loss, {
+            "d_loss": loss.item(),
+            "logits_real": logits_real.mean().item(),
+            "logits_fake": logits_fake.mean().item(),
+        }

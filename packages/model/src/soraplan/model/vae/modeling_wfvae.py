@@ -53,7 +53,9 @@ class DiagonalGaussianDistribution:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
+        noise = torch.randn(
+            self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device
+        )
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -70,7 +72,9 @@ class DecoderOutput(BaseOutput):
     sample: torch.Tensor
 
 
-def _mid_block(in_channels: int, channels: int, out_channels: int, norm: NormType, attention: bool) -> nn.Sequential:
+def _mid_block(
+    in_channels: int, channels: int, out_channels: int, norm: NormType, attention: bool
+) -> nn.Sequential:
     layers: list[nn.Module] = [ResnetBlock(in_channels, channels, norm, temporal=True)]
     if attention:
         layers.append(FrameAttention(channels, norm))
@@ -80,8 +84,13 @@ def _mid_block(in_channels: int, channels: int, out_channels: int, norm: NormTyp
 
 class Encoder(nn.Module):
     def __init__(
-        self, latent_channels: int, base_channels: int, num_res_blocks: int,
-        energy_flow_channels: int, norm_type: NormType, use_attention: bool,
+        self,
+        latent_channels: int,
+        base_channels: int,
+        num_res_blocks: int,
+        energy_flow_channels: int,
+        norm_type: NormType,
+        use_attention: bool,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
@@ -117,8 +126,14 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(
-        self, latent_channels: int, base_channels: int, num_res_blocks: int,
-        energy_flow_channels: int, connect_res_blocks: int, norm_type: NormType, use_attention: bool,
+        self,
+        latent_channels: int,
+        base_channels: int,
+        num_res_blocks: int,
+        energy_flow_channels: int,
+        connect_res_blocks: int,
+        norm_type: NormType,
+        use_attention: bool,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
@@ -131,7 +146,10 @@ class Decoder(nn.Module):
             ResnetBlock(4 * c, 4 * c + e, norm_type, temporal=True),
         )
         self.up1 = nn.Sequential(
-            *[ResnetBlock(4 * c if i == 0 else 2 * c, 2 * c, norm_type, temporal=True) for i in range(num_res_blocks)],
+            *[
+                ResnetBlock(4 * c if i == 0 else 2 * c, 2 * c, norm_type, temporal=True)
+                for i in range(num_res_blocks)
+            ],
             SpatialUpsample(2 * c),
             ResnetBlock(2 * c, 2 * c, norm_type, temporal=True),
         )
@@ -197,17 +215,32 @@ class WFVAEModel(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         self.encoder = Encoder(
-            latent_channels, base_channels, encoder_num_res_blocks, encoder_energy_flow_channels,
-            norm_type, use_attention,
+            latent_channels,
+            base_channels,
+            encoder_num_res_blocks,
+            encoder_energy_flow_channels,
+            norm_type,
+            use_attention,
         )
         self.decoder = Decoder(
-            latent_channels, base_channels, decoder_num_res_blocks, decoder_energy_flow_channels,
-            connect_res_blocks, norm_type, use_attention,
+            latent_channels,
+            base_channels,
+            decoder_num_res_blocks,
+            decoder_energy_flow_channels,
+            connect_res_blocks,
+            norm_type,
+            use_attention,
         )
 
     def _check_video(self, x: torch.Tensor) -> None:
         s = self.spatial_compression
-        if x.ndim != 5 or x.shape[1] != RGB or (x.shape[2] - 1) % self.temporal_compression or x.shape[3] % s or x.shape[4] % s:
+        if (
+            x.ndim != 5
+            or x.shape[1] != RGB
+            or (x.shape[2] - 1) % self.temporal_compression
+            or x.shape[3] % s
+            or x.shape[4] % s
+        ):
             raise ValueError(
                 f"expected video (B, 3, 1+4n, H, W) with H and W divisible by {s}, got {tuple(x.shape)}"
             )
@@ -219,7 +252,9 @@ class WFVAEModel(ModelMixin, ConfigMixin):
             return [slice(0, t)]
         if chunk < 1:
             raise ValueError(f"chunk length must be >= 1, got {chunk}")
-        return [slice(0, chunk + 1)] + [slice(s, min(s + chunk, t)) for s in range(chunk + 1, t, chunk)]
+        return [slice(0, chunk + 1)] + [
+            slice(s, min(s + chunk, t)) for s in range(chunk + 1, t, chunk)
+        ]
 
     def encode(
         self, x: torch.Tensor, chunk_frames: int | None = None, return_dict: bool = True
@@ -227,7 +262,9 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         """Posterior over latents of video `x` in [-1, 1]; `chunk_frames` bounds memory, exactly."""
         self._check_video(x)
         with causal_stream(self.encoder):
-            moments = torch.cat([self.encoder(x[:, :, s])[0] for s in self._chunks(x.shape[2], chunk_frames)], dim=2)
+            moments = torch.cat(
+                [self.encoder(x[:, :, s])[0] for s in self._chunks(x.shape[2], chunk_frames)], dim=2
+            )
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
@@ -236,11 +273,17 @@ class WFVAEModel(ModelMixin, ConfigMixin):
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Video from latents; `chunk_latents` decodes that many latent frames at a time, exactly."""
         with causal_stream(self.decoder):
-            video = torch.cat([self.decoder(z[:, :, s])[0] for s in self._chunks(z.shape[2], chunk_latents)], dim=2)
+            video = torch.cat(
+                [self.decoder(z[:, :, s])[0] for s in self._chunks(z.shape[2], chunk_latents)],
+                dim=2,
+            )
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
     ) -> WFVAEOutput:
         """Full (unchunked) pass for training, with the wavelet bands the losses compare."""
         self._check_video(x)

@@ -54,7 +54,9 @@ class CausalLayer(nn.Module):
         if self.streaming:
             # A copy, so the whole concatenated chunk is not kept alive until the next call.
             self._carry = frames[:, :, n * self.time_stride :].clone()
-        return frames[:, :, : (n - 1) * self.time_stride + self.time_kernel] if n else frames[:, :, :0]
+        return (
+            frames[:, :, : (n - 1) * self.time_stride + self.time_kernel] if n else frames[:, :, :0]
+        )
 
     def _window_op(self, frames: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -166,7 +168,9 @@ def make_norm(norm_type: NormType, channels: int) -> nn.Module:
 class ResnetBlock(nn.Module):
     """norm-SiLU-conv twice plus a (1x1 projected) shortcut; convs are per-frame 2D or causal 3D."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_type: NormType, temporal: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_type: NormType, temporal: bool
+    ) -> None:
         super().__init__()
 
         def conv(cin: int) -> nn.Module:
@@ -179,7 +183,9 @@ class ResnetBlock(nn.Module):
         self.norm2 = make_norm(norm_type, out_channels)
         self.conv2 = conv(out_channels)
         self.shortcut = (
-            FrameConv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            FrameConv2d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +241,9 @@ class SpatioTemporalDownsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = CausalConv3d(channels, channels, 3, stride=(2, 2, 2), spatial_padding=(0, 1, 0, 1))
+        self.conv = CausalConv3d(
+            channels, channels, 3, stride=(2, 2, 2), spatial_padding=(0, 1, 0, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -290,7 +298,9 @@ class HaarWavelet3D(CausalLayer):
 
     def _window_op(self, frames: torch.Tensor) -> torch.Tensor:
         b = frames.shape[0]
-        y = F.conv3d(rearrange(frames, "b c t h w -> (b c) 1 t h w"), self.filters.to(frames.dtype), stride=2) * haar_scale(3)
+        y = F.conv3d(
+            rearrange(frames, "b c t h w -> (b c) 1 t h w"), self.filters.to(frames.dtype), stride=2
+        ) * haar_scale(3)
         return rearrange(y, "(b c) k t h w -> b (k c) t h w", b=b)
 
 
@@ -318,8 +328,12 @@ class HaarWavelet2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        y = F.conv2d(to_images(x).flatten(0, 1).unsqueeze(1), self.filters.to(x.dtype), stride=2) * haar_scale(2)
-        y = y.reshape(-1, c, 4, *y.shape[2:]).transpose(1, 2).flatten(1, 2)  # subband-major channels
+        y = F.conv2d(
+            to_images(x).flatten(0, 1).unsqueeze(1), self.filters.to(x.dtype), stride=2
+        ) * haar_scale(2)
+        y = (
+            y.reshape(-1, c, 4, *y.shape[2:]).transpose(1, 2).flatten(1, 2)
+        )  # subband-major channels
         return to_video(y, b)
 
 
@@ -331,6 +345,8 @@ class InverseHaarWavelet2D(nn.Module):
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
         b, kc = coeffs.shape[:2]
         y = to_images(coeffs)
-        y = y.reshape(y.shape[0], 4, kc // 4, *y.shape[2:]).transpose(1, 2).flatten(0, 1)  # (B*T*C, 4, h, w)
+        y = (
+            y.reshape(y.shape[0], 4, kc // 4, *y.shape[2:]).transpose(1, 2).flatten(0, 1)
+        )  # (B*T*C, 4, h, w)
         y = F.conv_transpose2d(y, self.filters.to(y.dtype), stride=2) * haar_scale(2)
         return to_video(y.reshape(-1, kc // 4, *y.shape[2:]), b)

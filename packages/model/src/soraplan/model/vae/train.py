@@ -65,7 +65,9 @@ class TrainVAEConfig:
     keep_last: int = 2
     resume: bool = True
     seed: int = 0
-    cpu_threads: int | None = None  # torch threads per process on CPU; 1 avoids thrashing on shared cores
+    cpu_threads: int | None = (
+        None  # torch threads per process on CPU; 1 avoids thrashing on shared cores
+    )
 
 
 def deepspeed_config(cfg: TrainVAEConfig, world_size: int, bf16: bool) -> dict[str, Any]:
@@ -103,7 +105,11 @@ class Trainer:
 
         self.cfg = cfg
         self.rank, self.world_size = init_distributed()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
         if self.device.type == "cpu" and cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
@@ -119,7 +125,9 @@ class Trainer:
 
         def engine(model: torch.nn.Module, lr: float) -> Any:
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+            opt = torch.optim.AdamW(
+                params, lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+            )
             return deepspeed.initialize(model=model, optimizer=opt, config=ds)[0]
 
         self.gen_engine = engine(self.vae, cfg.optim.lr)
@@ -152,7 +160,10 @@ class Trainer:
             ema_vae.load_state_dict(self.vae.state_dict())
             self.ema.copy_to(ema_vae)
             ema_vae.save_pretrained(stage / "vae_ema")  # loadable by model.pretrained
-            atomic_write_text(stage / "train_state.json", json.dumps({"step": self.step, "data_position": self.step}))
+            atomic_write_text(
+                stage / "train_state.json",
+                json.dumps({"step": self.step, "data_position": self.step}),
+            )
         barrier()
         if self.rank == 0:
             commit_checkpoint(self.ckpt_root, tag, keep_last=self.cfg.keep_last)
@@ -167,7 +178,9 @@ class Trainer:
 
         self.gen_engine.load_checkpoint(str(path), tag="generator")
         self.disc_engine.load_checkpoint(str(path), tag="discriminator")
-        self.ema.load_state_dict({k: v.to(self.device) for k, v in load_file(str(path / "ema.safetensors")).items()})
+        self.ema.load_state_dict(
+            {k: v.to(self.device) for k, v in load_file(str(path / "ema.safetensors")).items()}
+        )
         self.step = json.loads((path / "train_state.json").read_text())["step"]
         log.info("resumed from %s at step %d", path, self.step)
         return True
@@ -203,7 +216,9 @@ class Trainer:
             from tensorboard.compat.proto.summary_pb2 import Summary
 
             h, w = frames.shape[1:3]
-            image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif_bytes(frames, fps))
+            image = Summary.Image(
+                height=h, width=w, colorspace=3, encoded_image_string=gif_bytes(frames, fps)
+            )
             self.writer._get_file_writer().add_summary(
                 Summary(value=[Summary.Value(tag="reconstruction", image=image)]), self.step
             )
@@ -221,7 +236,11 @@ class Trainer:
             stats["step"] = self.step
             history.append(stats)
             if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == 1):
-                log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in stats.items() if k != "step"))
+                log.info(
+                    "step %d %s",
+                    self.step,
+                    " ".join(f"{k}={v:.4g}" for k, v in stats.items() if k != "step"),
+                )
                 for k, v in stats.items():
                     if k != "step":
                         self.writer.add_scalar(f"train/{k}", v, self.step)
@@ -238,7 +257,9 @@ class Trainer:
 
     def _time_up(self, start: float) -> bool:
         """Same decision on every rank (rank 0's clock), so no rank waits alone in a collective."""
-        flag = torch.tensor([float(time.time() - start > 60 * self.cfg.max_minutes)], device=self.device)
+        flag = torch.tensor(
+            [float(time.time() - start > 60 * self.cfg.max_minutes)], device=self.device
+        )
         if torch.distributed.is_initialized() and self.world_size > 1:
             torch.distributed.broadcast(flag, src=0)
         return bool(flag.item())
