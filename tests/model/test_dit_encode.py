@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from soraplan.curation.schema import empty_clip_row
+from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
 from soraplan.curation.video import write_video
 from soraplan.model.dit.buckets import BucketConfig, latent_shape
 from soraplan.model.dit.data import LatentDataset, write_index
-from soraplan.model.dit.encode import EncodeConfig, LatentEncoder, clip_frames
-from soraplan.model.dit.text import TextEncoderConfig, save_tiny_t5
+from soraplan.model.dit.encode import ClipDataset, EncodeConfig, LatentEncoder, clip_frames
+from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig, save_tiny_t5
 from soraplan.model.vae.configs import WFVAEConfig
 
 BUCKETS = BucketConfig(min_hxw=64 * 64, max_hxw=96 * 128, hw_stride=32, train_fps=8,
@@ -34,11 +34,16 @@ def test_clip_frames_follow_the_bucket_plan(clip_row):
     assert np.all(np.diff(frames[:, 32, 64, 0].astype(int)) > 0)  # frames step 1/8 s forward
 
 
-def test_latent_encoder_writes_a_trainable_shard(clip_row, tmp_path):
-    vae_dir = tmp_path / "vae"
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    WFVAEConfig(name="wfvae-tiny").build().save_pretrained(vae_dir)
-    t5_dir = save_tiny_t5(tmp_path / "t5", d_model=32)
+    WFVAEConfig(name="wfvae-tiny").build().save_pretrained(root / "vae")
+    return root / "vae", save_tiny_t5(root / "t5", d_model=32)
+
+
+def test_latent_encoder_writes_a_trainable_shard(clip_row, models, tmp_path):
+    vae_dir, t5_dir = models
     cfg = EncodeConfig(out=str(tmp_path / "latents"), vae=str(vae_dir),
                        text_encoder=TextEncoderConfig(path=str(t5_dir), max_length=32),
                        buckets=BUCKETS)
@@ -54,6 +59,19 @@ def test_latent_encoder_writes_a_trainable_shard(clip_row, tmp_path):
     batch = dataset.batch([0], [False])
     assert batch["latents"].shape == (1, 4, 2, 8, 16)
     assert batch["text_mask"].sum() == len("a fading grey card") + 1  # chars + </s>
+
+    # On-the-fly encoding from the curated shard gives the same sample.
+    write_table_atomic(rows_to_table([clip_row]), tmp_path / "curated" / "clips" / "part.parquet")
+    cache = TextEmbeddingCache(tmp_path / "text_cache")
+    with pytest.raises(KeyError, match="text cache"):
+        ClipDataset(str(tmp_path / "curated"), BUCKETS, encoder.codec, cache)
+    cache.fill(encoder.text_encoder, [clip_row["caption"], ""])
+    on_the_fly = ClipDataset(str(tmp_path / "curated"), BUCKETS, encoder.codec, cache)
+    assert on_the_fly.bucket_of == dataset.bucket_of
+    fly = on_the_fly.batch([0], [False])
+    torch.testing.assert_close(fly["latents"], batch["latents"])
+    torch.testing.assert_close(fly["text_states"], batch["text_states"])
+    assert on_the_fly.batch([0], [True])["text_mask"].sum() == 1
 
 
 def test_missing_vae_fails_before_touching_data(tmp_path):

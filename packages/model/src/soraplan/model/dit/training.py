@@ -24,10 +24,14 @@ from soraplan.model.common.checkpoint import (
 )
 from soraplan.model.common.distributed import barrier, init_distributed
 from soraplan.model.common.ema import EMA
+from soraplan.model.dit.buckets import BucketConfig
+from soraplan.model.dit.codec import load_wfvae_codec
 from soraplan.model.dit.data import LatentDataset
 from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
 from soraplan.model.dit.model import SkiparseDiT
+from soraplan.model.dit.encode import ClipDataset
 from soraplan.model.dit.sampler import BucketBatchSampler
+from soraplan.model.dit.text import TextEmbeddingCache
 
 EMA_DIR = "ema"  # inside a checkpoint: a diffusers model directory with the EMA weights
 TRAIN_STATE = "train_state.json"
@@ -55,10 +59,23 @@ class DiTModelConfig:
 
 @dataclass
 class DiTDataConfig:
-    root: str = "data/latents"  # written by pipelines/encode_latents.py
+    source: Literal["latents", "clips"] = "latents"  # clips: encode curated clips on the fly
+    root: str = "data/latents"  # latent shards written by pipelines/encode_latents.py
     global_batch: int = 8
     min_bucket_batches: float = 1.0  # drop buckets with fewer global batches than this
     caption_dropout: float = 0.1
+    # Only for source=clips:
+    shards: str = "data/curated"
+    vae: str = "checkpoints/wfvae"
+    text_cache: str = "data/text_cache"  # TextEmbeddingCache holding every caption and ""
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    caption_column: str = "caption"
+
+    def build(self, device: str = "cpu") -> LatentDataset | ClipDataset:
+        if self.source == "latents":
+            return LatentDataset(self.root)
+        return ClipDataset(self.shards, self.buckets, load_wfvae_codec(self.vae, "data.vae", device),
+                           TextEmbeddingCache(self.text_cache), self.caption_column, device)
 
 
 @dataclass
@@ -143,7 +160,8 @@ def load_ema(ema: EMA, checkpoint: Path) -> None:
 
 
 @torch.no_grad()
-def log_samples(writer: Any, cfg: TrainConfig, engine: Any, ema: EMA, dataset: LatentDataset,
+def log_samples(writer: Any, cfg: TrainConfig, engine: Any, ema: EMA,
+                dataset: LatentDataset | ClipDataset,
                 step: int) -> None:
     """Sample the first training caption with the EMA weights; log video frames or, without a
     VAE, the first three latent channels."""
@@ -157,8 +175,6 @@ def log_samples(writer: Any, cfg: TrainConfig, engine: Any, ema: EMA, dataset: L
         null["text_states"].to(engine.device), null["text_mask"].to(engine.device),
         cfg.sample_steps, cfg.diffusion.guidance_scale, cfg.seed)
     if cfg.sample_vae:
-        from soraplan.model.dit.codec import load_wfvae_codec
-
         codec = load_wfvae_codec(cfg.sample_vae, "sample_vae", str(engine.device))
         frames = (codec.decode(latents)[0].transpose(0, 1).float().cpu() + 1) / 2  # (T, 3, H, W)
     else:
@@ -175,7 +191,8 @@ def train(cfg: TrainConfig) -> Path:
     rank, world_size = init_distributed()
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
-    dataset = LatentDataset(cfg.data.root)  # fails fast, before building the model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dataset = cfg.data.build(device)  # fails fast, before building the model
     torch.manual_seed(cfg.seed)
     model = cfg.model.build()
     sampler = BucketBatchSampler(dataset.bucket_of, cfg.data.global_batch, rank, world_size,
