@@ -152,6 +152,8 @@ def test_text_judgement_rules():
     assert judge_boxes([overlay, overlay + 2, np.zeros((0, 4))], 640, 360, cfg).subtitles is True
     moving = [overlay + [i * 150, 0, i * 150, 0] for i in range(3)]
     assert judge_boxes(moving, 640, 360, cfg).subtitles is False
+    watermark_line = np.array([[20.0, 300, 330, 325]])  # wide but left-aligned, like a copyright line
+    assert judge_boxes([watermark_line] * 3, 640, 360, cfg).subtitles is False
     # Edge text is cropped away; text reaching deeper than max_crop cannot be and stays.
     assert crop_box(np.array([[0.0, 0, 640, 60]]), 640, 360, cfg) == (0, 640, 60, 360)
     assert crop_box(np.array([[0.0, 0, 640, 100]]), 640, 360, cfg) == (0, 640, 0, 360)

@@ -172,3 +172,30 @@ def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
     assert len({r["source_id"] for r in rows}) == 8
     assert len(rows) == len({r["clip_id"] for r in rows}) == 4 * 1 + 4 * 3
     assert summary["errors"] == 0
+
+
+def test_demo_command_on_examples(local_ray, tmp_path, capsys):
+    from soraplan.curation.cli import main
+
+    code = main(["--config", str(REPO / "pipelines/configs/curate.yaml"),
+                 "--input", str(REPO / "examples/panda70m_demo.csv"), "--out", str(tmp_path / "demo")])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["inputs"] == 4 and printed["errors"] == 0
+    assert printed["kept"] + printed["rejected"] == printed["rows"]
+    rows = read_clip_table(tmp_path / "demo").to_pylist()
+    bikes = [r for r in rows if r["source_id"].startswith("bikes:")]
+    assert len(bikes) == 7  # two spans split at the 5 hard cuts they contain
+    assert all(r["status"] == "rejected" for r in rows if r["source_id"].startswith("subtitled:"))
+    assert "subtitles" in printed["rejected_by_reason"]
+
+
+def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, capsys):
+    from soraplan.curation.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    code = main(["--config", str(REPO / "pipelines/configs/curate.yaml"), "--input", str(REPO / "examples"),
+                 "--out", str(tmp_path / "out"), "analyze.motion.backend=lpips"])
+    assert code == 2
+    assert "motion.weights_dir" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -2,9 +2,9 @@
 
 Only the detector runs: where text is, not what it says, is what the filters need. Two kinds of
 burned-in text reject a segment when they recur across its sampled frames: subtitle lines (in
-the lower band, centred horizontally) and caption overlays (wide text lines that stay at the
-same place in the frame, wherever it is). Watermarks and logos sit off-centre or in corners and
-are short; text in the scene moves with it; neither rejects a clip. The crop box cuts edge
+the lower band) and caption overlays (wide lines that stay at the same place in the frame,
+at any height), both centred horizontally. Watermarks and logos sit off-centre or in corners;
+text in the scene moves with it; neither rejects a clip. The crop box cuts edge
 text away, at most `max_crop` per side.
 """
 
@@ -23,7 +23,7 @@ class OcrConfig:
     det_limit_side_len: int = 640  # detector input: longer side scaled down to this
     det_box_thresh: float = 0.5
     subtitle_band: float = 0.65  # a subtitle box's centre lies below this fraction of the height
-    center_tolerance: float = 0.12  # ... and within this fraction of the width from the centre
+    center_tolerance: float = 0.12  # burned-in lines are centred within this fraction of the width
     max_box_height: float = 0.15  # taller boxes are scene text or titles, not subtitle lines
     overlay_min_width: float = 0.4  # a caption overlay line is at least this fraction of the width
     overlay_min_iou: float = 0.5  # ... and overlaps itself this much from sample to sample
@@ -98,11 +98,14 @@ def judge_boxes(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrCo
 
 def _recurring_overlay_hits(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrConfig) -> int:
     """The most samples in which one wide text line appears at (about) the same place."""
-    lines = [
-        b[((b[:, 2] - b[:, 0]) >= cfg.overlay_min_width * width) & ((b[:, 3] - b[:, 1]) <= cfg.max_box_height * height)]
-        if len(b) else b
-        for b in per_frame
-    ]
+    def overlay_lines(b: np.ndarray) -> np.ndarray:
+        if len(b) == 0:
+            return b
+        wide = (b[:, 2] - b[:, 0]) >= cfg.overlay_min_width * width
+        centred = np.abs((b[:, 0] + b[:, 2]) / 2 - width / 2) <= cfg.center_tolerance * width
+        return b[wide & centred & ((b[:, 3] - b[:, 1]) <= cfg.max_box_height * height)]
+
+    lines = [overlay_lines(b) for b in per_frame]
     best = 0
     for candidate in (line for frame_lines in lines for line in frame_lines):
         hits = sum(any(_iou(candidate, other) >= cfg.overlay_min_iou for other in frame_lines) for frame_lines in lines)

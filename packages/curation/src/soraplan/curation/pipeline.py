@@ -95,6 +95,8 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     if not cfg.input or not cfg.out:
         raise ValueError("set input and out (--input/--out or the config keys input/out)")
     started = time.time()
+    # Build the scorers once in the driver first: a missing weight fails here, before any data.
+    ClipAnalyzer(cfg.analyze)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "run.yaml")
@@ -109,8 +111,6 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     todo = [c for c in unique.values() if c.source_id not in done]
     log.info("%d input clips (%d duplicates), %d already done, %d to process",
              len(clips), len(clips) - len(unique), len(unique) - len(todo), len(todo))
-    # Build the scorers once in the driver first: a missing weight fails here, before any data.
-    ClipAnalyzer(cfg.analyze)
     if todo:
         _run_ray(cfg, todo, out / "clips")
     summary = summarize(out, cfg, inputs=len(clips), duplicates=len(clips) - len(unique),
