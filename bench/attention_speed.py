@@ -105,7 +105,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
         modes: dict[str, dict[str, float]] = {}
         for label in dict.fromkeys(lbl for lbl, _, _ in KINDS):
-            runs = [v for key, v in per_kind.items() if key == label or key.startswith(label + " (")]
+            runs = [v for key, v in per_kind.items()
+                    if key == label or key.startswith(label + " (")]
             modes[label] = {key: sum(r[key] for r in runs) / len(runs)
                             for key in ("seconds", "cpu_seconds")}
             modes[label]["peak_mib"] = max(r["peak_mib"] for r in runs)

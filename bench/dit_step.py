@@ -1,7 +1,7 @@
 """Training-step time and peak memory of the skiparse-small DiT per attention mode (CPU, fp32).
 
-    uv run python bench/dit_step.py [--latent 8x12x32x32] [--text-tokens 32] [--no-grad-checkpointing]
-        [--threads 1]
+    uv run python bench/dit_step.py [--latent 8x12x32x32] [--text-tokens 32]
+        [--no-grad-checkpointing] [--threads 1]
 
 One step = v-prediction loss + backward + AdamW update, batch 1. Each mode runs in a fresh
 process (see bench/attention_speed.py for how peak memory is measured and why CPU seconds with

@@ -6,7 +6,6 @@
 import json
 
 import torch
-
 from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
 
 

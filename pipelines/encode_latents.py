@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-
 from soraplan.curation.config import load_config
 from soraplan.curation.schema import STATUS_KEPT, read_clip_table
 from soraplan.model.dit.data import write_index

@@ -1,6 +1,7 @@
 """Train the Skiparse DiT on latent shards.
 
-    deepspeed --num_gpus 2 pipelines/train_dit.py --config pipelines/configs/dit_small.yaml [key=value ...]
+    deepspeed --num_gpus 2 pipelines/train_dit.py --config pipelines/configs/dit_small.yaml \
+        [key=value ...]
     python pipelines/train_dit.py --config pipelines/configs/dit_tiny_cpu.yaml steps=20
 """
 
@@ -14,7 +15,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig")
-    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    parser.add_argument("--local_rank", type=int, default=None,
+                        help="set by the deepspeed launcher")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides")
     args = parser.parse_args()
     train(load_config(TrainConfig, args.config, args.overrides))

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from soraplan.model.dit.attention import (
     SelfAttention,
     apply_rope,

@@ -2,7 +2,6 @@ import itertools
 from collections import Counter
 
 import pytest
-
 from soraplan.model.dit.buckets import BucketConfig, latent_shape, plan_clip, resize_for_area
 from soraplan.model.dit.sampler import BucketBatchSampler
 

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
 from soraplan.curation.video import write_video
 from soraplan.model.dit.buckets import BucketConfig, latent_shape

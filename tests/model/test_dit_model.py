@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
 from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
 from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig, save_tiny_t5
@@ -77,7 +76,8 @@ def test_text_encoder_by_path_and_cache(tiny_t5, tmp_path):
     torch.testing.assert_close(cached, states[:, : cached.shape[1]])
     assert torch.equal(cached_mask, mask[:, : cached.shape[1]])
     model = tiny().eval()
-    assert model(torch.randn(2, 4, 1, 4, 4), torch.tensor([1, 2]), cached, cached_mask).isfinite().all()
+    out = model(torch.randn(2, 4, 1, 4, 4), torch.tensor([1, 2]), cached, cached_mask)
+    assert out.isfinite().all()
 
 
 def test_missing_text_encoder_fails_fast(tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from soraplan.curation.video import probe
 from soraplan.model.common.checkpoint import atomic_write_text
 from soraplan.model.dit.model import SkiparseDiT

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from soraplan.curation.config import load_config
 from soraplan.model.dit.data import LatentDataset, write_synthetic_latents
 from soraplan.model.dit.model import SkiparseDiT
-from soraplan.model.dit.training import TrainConfig, train
+from soraplan.model.dit.training import EMA_DIR, EMA_WEIGHTS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "pipelines" / "configs" / "dit_tiny_cpu.yaml"
@@ -41,10 +40,11 @@ def losses(out: Path) -> dict[int, float]:
 
 def ema_weights(out: Path) -> dict[str, torch.Tensor]:
     latest = (out / "checkpoints" / "latest").read_text().strip()
-    return load_file(str(out / "checkpoints" / latest / "ema" / "diffusion_pytorch_model.safetensors"))
+    return load_file(str(out / "checkpoints" / latest / EMA_DIR / EMA_WEIGHTS))
 
 
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                        atol: float) -> None:
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from soraplan.model.common.checkpoint import latest_checkpoint
 
 

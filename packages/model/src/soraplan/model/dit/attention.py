@@ -199,5 +199,6 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.to_kv(text).reshape(b, -1, 2, self.num_heads, self.head_dim).unbind(2)
         mask = None if text_mask is None else text_mask.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.to_out(out.transpose(1, 2).reshape(b, n, dim))

@@ -14,10 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
-
 from soraplan.curation.schema import read_clip_table, write_table_atomic
 from soraplan.model.dit.text import pad_text_states
+from torch import Tensor
 
 LATENT_INDEX_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string(), nullable=False),

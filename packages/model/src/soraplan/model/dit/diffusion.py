@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 import torch.nn.functional as F
+from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 from torch import Tensor, nn
 
 
@@ -91,7 +91,8 @@ def sample_latents(model: nn.Module, scheduler: EulerAncestralDiscreteScheduler,
     latents = torch.randn((batch, *latent_shape), generator=generator).to(device)
     latents = latents * scheduler.init_noise_sigma
     length = max(text_states.shape[1], null_states.shape[1])
-    states = torch.cat([F.pad(s, (0, 0, 0, length - s.shape[1])) for s in (null_states, text_states)])
+    states = torch.cat([F.pad(s, (0, 0, 0, length - s.shape[1]))
+                        for s in (null_states, text_states)])
     mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in (null_mask, text_mask)])
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
-
 from soraplan.model.dit.attention import AttentionMode, Grid, LayerKind
 
 MODE_KINDS: dict[AttentionMode, tuple[LayerKind, ...]] = {

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from soraplan.curation.schema import STATUS_KEPT, read_clip_table
 from soraplan.curation.video import VideoDecodeError, sample_frames
 from soraplan.model.dit.buckets import BucketConfig, ClipPlan, latent_shape, plan_clip

@@ -13,8 +13,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
-from torch import Tensor, nn
-
 from soraplan.model.dit.attention import (
     AttentionMode,
     CrossAttention,
@@ -24,6 +22,7 @@ from soraplan.model.dit.attention import (
     layer_kinds,
     rope_3d,
 )
+from torch import Tensor, nn
 
 # Named configs, the one registry of DiT sizes. Parameter counts: `python bench/param_counts.py`.
 DIT_CONFIGS: dict[str, dict[str, Any]] = {

@@ -26,8 +26,8 @@ class BucketBatchSampler:
         members: dict[Hashable, list[int]] = {}
         for index, bucket in enumerate(bucket_of):
             members.setdefault(bucket, []).append(index)
-        min_size = min_bucket_batches * global_batch
-        self.dropped = {b: len(m) for b, m in members.items() if len(m) < max(min_size, global_batch)}
+        min_size = max(min_bucket_batches, 1) * global_batch
+        self.dropped = {b: len(m) for b, m in members.items() if len(m) < min_size}
         self.buckets = {b: np.array(m) for b, m in members.items() if b not in self.dropped}
         self.batches_per_epoch = sum(len(m) // global_batch for m in self.buckets.values())
         if self.batches_per_epoch == 0:

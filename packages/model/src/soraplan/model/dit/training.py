@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
-
 from soraplan.curation.config import dump_yaml
 from soraplan.model.common.checkpoint import (
     commit_checkpoint,
@@ -28,12 +27,13 @@ from soraplan.model.dit.buckets import BucketConfig
 from soraplan.model.dit.codec import load_wfvae_codec
 from soraplan.model.dit.data import LatentDataset
 from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
-from soraplan.model.dit.model import SkiparseDiT
 from soraplan.model.dit.encode import ClipDataset
+from soraplan.model.dit.model import SkiparseDiT
 from soraplan.model.dit.sampler import BucketBatchSampler
 from soraplan.model.dit.text import TextEmbeddingCache
 
 EMA_DIR = "ema"  # inside a checkpoint: a diffusers model directory with the EMA weights
+EMA_WEIGHTS = "diffusion_pytorch_model.safetensors"  # the file name from_pretrained looks for
 TRAIN_STATE = "train_state.json"
 
 
@@ -74,8 +74,9 @@ class DiTDataConfig:
     def build(self, device: str = "cpu") -> LatentDataset | ClipDataset:
         if self.source == "latents":
             return LatentDataset(self.root)
-        return ClipDataset(self.shards, self.buckets, load_wfvae_codec(self.vae, "data.vae", device),
-                           TextEmbeddingCache(self.text_cache), self.caption_column, device)
+        codec = load_wfvae_codec(self.vae, "data.vae", device)
+        return ClipDataset(self.shards, self.buckets, codec, TextEmbeddingCache(self.text_cache),
+                           self.caption_column, device)
 
 
 @dataclass
@@ -145,8 +146,9 @@ def save_checkpoint(engine: Any, ema: EMA, root: Path, step: int, sampler: Bucke
         ema_dir = stage / EMA_DIR
         ema_dir.mkdir(parents=True, exist_ok=True)
         engine.module.save_config(ema_dir)
-        save_file(ema.state_dict(), str(ema_dir / "diffusion_pytorch_model.safetensors"))
-        (stage / TRAIN_STATE).write_text(json.dumps({"step": step, "sampler": sampler.state_dict()}))
+        save_file(ema.state_dict(), str(ema_dir / EMA_WEIGHTS))
+        state = {"step": step, "sampler": sampler.state_dict()}
+        (stage / TRAIN_STATE).write_text(json.dumps(state))
     barrier()
     if rank == 0:
         commit_checkpoint(root, tag, keep_last=keep_last)
@@ -156,7 +158,7 @@ def save_checkpoint(engine: Any, ema: EMA, root: Path, step: int, sampler: Bucke
 def load_ema(ema: EMA, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
-    ema.load_state_dict(load_file(str(checkpoint / EMA_DIR / "diffusion_pytorch_model.safetensors")))
+    ema.load_state_dict(load_file(str(checkpoint / EMA_DIR / EMA_WEIGHTS)))
 
 
 @torch.no_grad()
