@@ -157,6 +157,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "resumed_from_previous_runs": len(done & kept_ids),
         "generated_tokens": tokens,
         "wall_seconds": round(wall, 3),
+        "model_seconds": round(model_seconds, 3),
         "clips_per_s": round(len(pending) / wall, 4) if pending and wall > 0 else None,
         "tokens_per_s": round(tokens / wall, 3) if pending and wall > 0 else None,
         "model_tokens_per_s": round(tokens / model_seconds, 3) if model_seconds > 0 else None,

@@ -55,9 +55,10 @@ def build_tiny_llama(out_dir: str | Path, tokenizer, hidden_size: int = 64, num_
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        # LoRA leaves the final norm and lm_head frozen; at the usual 0.02 init their logits stay
-        # within about +-1, which caps how far a LoRA can lower the loss of a 64-wide model.
-        initializer_range=0.3,
+        # LoRA leaves the final norm and lm_head frozen. At the usual 0.02 init their logits stay
+        # within about +-1 for a narrow model, which caps how far a LoRA can lower the loss;
+        # 1/sqrt(width) gives unit-scale logits at the start and room to become confident.
+        initializer_range=hidden_size**-0.5,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
