@@ -167,3 +167,29 @@ def test_distance_values_follow_known_limits():
     for k in (2, 4, 8):  # N is a multiple of k^2: the ideal formulas hold exactly
         assert average_distance("skiparse", grid, k) == pytest.approx(2 - 2 / k + 1 / k**2 - 1 / n)
         assert average_distance("skip_window", grid, k) == pytest.approx(2 - 1 / k - k / n)
+
+
+def test_attention_distance_cli_prints_the_closed_form(capsys):
+    import json
+
+    from soraplan.model.dit.cli import main
+
+    main(["attention-distance", "--shape", "2", "4", "4", "--k", "2", "4", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["k"] for r in rows] == [2, 4]
+    assert rows[1]["skiparse"] == average_distance("skiparse", (2, 4, 4), 4)
+    main(["attention-distance", "--shape", "2", "4", "4", "--k", "2"])
+    table = capsys.readouterr().out
+    assert "| k | full 3D | 2+1D | skip+window | skiparse |" in table
+
+
+def test_no_mask_without_padding():
+    from soraplan.model.dit.attention import set_key_mask
+
+    cpu = torch.device("cpu")
+    grid = (4, 4, 4)  # 64 tokens: a multiple of k^2 for k = 2, 4
+    for kind in ("full", "spatial", "temporal", "single_skip", "group_skip"):
+        assert set_key_mask(None, 64, padded_length(64, kind, 4), kind, grid, 4, 1, cpu) is None
+    grid = (3, 4, 5)  # 60 tokens pad to 64 for k = 4: padded keys are masked
+    mask = set_key_mask(None, 60, 64, "group_skip", grid, 4, 1, cpu)
+    assert mask is not None and (~mask).sum() == 4
