@@ -111,9 +111,6 @@ class ClipAnalyzer:
         except VideoDecodeError as exc:
             raise StageError("probe", str(exc)) from None
         timings["probe"] += time.perf_counter() - t0
-        # Decoding runs to the span's end or the last frame, wherever the header says the video
-        # ends: header durations of variable-frame-rate files can fall short of the last frame.
-        end = clip.end_s
         if clip.start_s >= info.duration_s:
             raise StageError("probe", f"span {clip.start_s:.3f}-{clip.end_s}s lies outside the video "
                                       f"(duration {info.duration_s:.3f}s): {clip.path}")
@@ -130,7 +127,9 @@ class ClipAnalyzer:
         self.stage = "decode"
         t0 = time.perf_counter()
         try:
-            for pos, frame in enumerate(iter_frames(clip.path, clip.start_s, end, size=size)):
+            # Decoding runs to the span's end or the last frame, wherever the header says the
+            # video ends: header durations of variable-frame-rate files can fall short of it.
+            for pos, frame in enumerate(iter_frames(clip.path, clip.start_s, clip.end_s, size=size)):
                 times.append(frame.time_s)
                 t1 = time.perf_counter()
                 small = cv2.resize(frame.image, detect_size, interpolation=cv2.INTER_AREA)
@@ -157,7 +156,7 @@ class ClipAnalyzer:
         timings["motion"] += t_motion
         timings["decode"] += t_total - t_detect - t_motion
         if not times:
-            raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to {end or 'the end'}: {clip.path}")
+            raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to {clip.end_s or 'the end'}: {clip.path}")
         return DecodedClip(info, times, np.asarray(change), cut_positions, motion_pos, motion_frames,
                            ocr_times, ocr_frames, size)
 
