@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from soraplan.curation.config import dump_yaml
 from soraplan.model.common.checkpoint import (
     commit_checkpoint,
@@ -156,15 +156,12 @@ def save_checkpoint(engine: Any, ema: EMA, root: Path, step: int, sampler: Bucke
 
 
 def load_ema(ema: EMA, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
     ema.load_state_dict(load_file(str(checkpoint / EMA_DIR / EMA_WEIGHTS)))
 
 
 @torch.no_grad()
 def log_samples(writer: Any, cfg: TrainConfig, engine: Any, ema: EMA,
-                dataset: LatentDataset | ClipDataset,
-                step: int) -> None:
+                dataset: LatentDataset | ClipDataset, step: int) -> None:
     """Sample the first training caption with the EMA weights; log video frames or, without a
     VAE, the first three latent channels."""
     model = SkiparseDiT.from_config(engine.module.config).to(engine.device).eval()
