@@ -28,6 +28,7 @@ def test_video_plan_crops_to_stride_resamples_and_picks_1_plus_4n():
     # 1.5 s -> 24 frames at 16 fps: shorter than min_num_frames, skipped.
     assert plan_clip(640, 360, 45, 30.0, CFG) is None
     # A 12 fps clip keeps its own frame rate: 40 frames -> 37.
+    assert plan_clip(640, 360, 90, 0.0, CFG) is None  # unknown frame rate
     slow = plan_clip(640, 360, 40, 12.0, CFG)
     assert slow.bucket[0] == 37 and slow.times_s[1] == pytest.approx(1 / 12)
 

@@ -48,6 +48,8 @@ def plan_clip(width: int, height: int, num_frames: int, fps: float,
         return None
     if num_frames <= 1:
         return ClipPlan((1, crop_h, crop_w), (new_w, new_h), (0.0,))
+    if fps <= 0:  # a video without a usable frame rate cannot be resampled
+        return None
     # Frames available at train_fps; a clip slower than train_fps keeps its own frames.
     step_s = 1.0 / min(fps, cfg.train_fps)
     available = int(math.floor(num_frames / fps / step_s + 1e-6))
