@@ -78,3 +78,32 @@ def test_missing_vae_fails_before_touching_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="vae"):
         LatentEncoder(cfg)
     assert not (tmp_path / "latents").exists()
+
+
+@pytest.mark.heavy
+def test_encode_latents_ray_job(clip_row, models, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vae_dir, t5_dir = models
+    bad = dict(clip_row, clip_id="clip-bad", path=str(tmp_path / "missing.mp4"))
+    rejected = dict(clip_row, clip_id="clip-rejected", status="rejected")
+    write_table_atomic(rows_to_table([clip_row, bad, rejected]),
+                       tmp_path / "curated" / "clips" / "part.parquet")
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "latents"
+    cmd = [sys.executable, str(root / "pipelines" / "encode_latents.py"),
+           "--config", str(root / "pipelines" / "configs" / "dit_encode.yaml"),
+           f"shards={tmp_path / 'curated'}", f"out={out}", f"vae={vae_dir}",
+           f"text_encoder.path={t5_dir}", "buckets.min_hxw=4096", "buckets.max_hxw=12288",
+           "buckets.train_fps=8", "buckets.num_frames=9", "buckets.min_num_frames=5"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {"encoded": 1, "errors": 1, "out": str(out)}
+    assert list(json.loads((out / "encode_errors.json").read_text())) == ["clip-bad"]
+    assert LatentDataset(out).bucket_of == [latent_shape((5, 64, 128), 4, 8)]
