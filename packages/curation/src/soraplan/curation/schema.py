@@ -42,7 +42,7 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("ocr_area_ratio", pa.float64()),
     pa.field("subtitles", pa.bool_()),
     pa.field("crop", pa.list_(pa.int64())),  # x0, x1, y0, y1 in display pixels
-    pa.field("aesthetic_score", pa.float64()),
+    pa.field("aesthetic_score", pa.float64()),  # LAION aesthetic predictor, mean of 3 frames
     pa.field("status", pa.string(), nullable=False),
     pa.field("reject_reasons", pa.list_(pa.string())),
     pa.field("error", pa.string()),
@@ -66,14 +66,16 @@ REASON_TOO_SHORT = "too_short"
 REASON_STATIC = "static"
 REASON_CHAOTIC = "chaotic"
 REASON_SUBTITLES = "subtitles"
+REASON_LOW_AESTHETIC = "low_aesthetic"
 
 # Stages in the order they run (cheap to expensive), and the reasons each can give.
-STAGES = ("inputs", "probe", "decode", "cuts", "motion", "ocr")
+STAGES = ("inputs", "probe", "decode", "cuts", "motion", "ocr", "aesthetic")
 STAGE_OF_REASON = {
     REASON_TOO_SHORT: "cuts",
     REASON_STATIC: "motion",
     REASON_CHAOTIC: "motion",
     REASON_SUBTITLES: "ocr",
+    REASON_LOW_AESTHETIC: "aesthetic",
 }
 
 

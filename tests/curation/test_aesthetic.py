@@ -1,0 +1,105 @@
+"""The LAION aesthetic stage with a tiny open_clip model and a random head, loaded from tmp files."""
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from soraplan.curation.aesthetic import AestheticConfig, laion_mlp, pick_frames
+from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
+from soraplan.curation.inputs import InputClip
+from soraplan.curation.motion import MotionConfig
+from soraplan.curation.ocr import OcrConfig
+
+TINY_CLIP = {
+    "embed_dim": 768,  # the LAION head reads ViT-L/14's 768-d embeddings
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A tiny open_clip config, its random weights and a random LAION head, all as files."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("aesthetic")
+    config = root / "tiny-aesthetic-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-aesthetic-clip", pretrained=None)
+    save_file(model.state_dict(), str(root / "clip.safetensors"))
+    mlp = laion_mlp()
+    save_file(mlp.state_dict(), str(root / "mlp.safetensors"))
+    return {"config": str(config), "clip": str(root / "clip.safetensors"), "mlp": str(root / "mlp.safetensors")}
+
+
+def tiny_config(tiny_weights, **overrides) -> AestheticConfig:
+    values = dict(enabled=True, clip_model="tiny-aesthetic-clip", clip_model_config=tiny_weights["config"],
+                  clip_pretrained=tiny_weights["clip"], mlp_path=tiny_weights["mlp"])
+    return AestheticConfig(**{**values, **overrides})
+
+
+def test_weights_load_and_batched_equals_one_by_one(tiny_weights):
+    import torch
+    from safetensors.torch import load_file
+
+    scorer = tiny_config(tiny_weights, batch_size=3).build()
+    saved = load_file(tiny_weights["clip"])
+    assert torch.equal(scorer.visual.conv1.weight, saved["visual.conv1.weight"])
+    assert torch.equal(scorer.mlp.layers[7].weight, load_file(tiny_weights["mlp"])["layers.7.weight"])
+    rng = np.random.default_rng(0)
+    frames = [scorer.prepare(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)) for _ in range(7)]
+    batched = scorer.process(frames)
+    assert batched.shape == (7,) and np.ptp(batched) > 0
+    one_by_one = np.concatenate([scorer.process([f]) for f in frames])
+    assert np.allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_missing_weights_fail_naming_the_key(tiny_weights, tmp_path):
+    with pytest.raises(FileNotFoundError, match="analyze.aesthetic.mlp_path"):
+        tiny_config(tiny_weights, mlp_path=str(tmp_path / "missing.safetensors")).build()
+    with pytest.raises(FileNotFoundError, match="analyze.aesthetic.clip_pretrained"):
+        tiny_config(tiny_weights, clip_pretrained=str(tmp_path / "missing_clip.safetensors")).build()
+
+
+def test_pick_frames_at_10_50_90_percent():
+    times = [i * 0.5 for i in range(20)]  # 2 fps over 10 s
+    assert pick_frames(times, 2.0, 7.0, (0.1, 0.5, 0.9)) == [5, 9, 13]  # 2.5 s, 4.5 s, 6.5 s
+    assert pick_frames(times, 20.0, 21.0, (0.5,)) == []
+
+
+def analyzer(tiny_weights, **aesthetic) -> ClipAnalyzer:
+    return ClipAnalyzer(AnalyzeConfig(motion=MotionConfig(flow_min=0.0), ocr=OcrConfig(enabled=False),
+                                      aesthetic=tiny_config(tiny_weights, **aesthetic)))
+
+
+def test_segments_get_the_mean_of_three_frames_and_low_scores_reject(tiny_weights, media):
+    clip = InputClip(source_id="three", path=str(media["three_shots"]))
+    keep_all = analyzer(tiny_weights, min_score=-1e9)
+    rows = keep_all.analyze(clip)
+    assert [r["status"] for r in rows] == ["kept"] * 3
+    decoded = keep_all._decode(clip, defaultdict(float))
+    for row in rows:  # the stored score is the mean over the segment's 10/50/90% frames
+        picks = pick_frames(decoded.aesthetic_times, row["start_s"], row["end_s"], (0.1, 0.5, 0.9))
+        assert len(set(picks)) == 3
+        expected = keep_all.aesthetic.process([decoded.aesthetic_frames[k] for k in picks]).mean()
+        assert row["aesthetic_score"] == pytest.approx(expected, abs=1e-5)
+    threshold = float(np.median([r["aesthetic_score"] for r in rows]))
+    strict = analyzer(tiny_weights, min_score=threshold).analyze(clip)
+    for before, after in zip(rows, strict):
+        low = before["aesthetic_score"] < threshold
+        assert (after["reject_reasons"] == ["low_aesthetic"]) == low
+        assert after["status"] == ("rejected" if low else "kept")
+    assert "aesthetic" in strict[0]["stage_seconds"]
+
+
+def test_aesthetic_runs_last_and_skips_rejected_segments(tiny_weights, media):
+    rows = analyzer(tiny_weights, min_score=-1e9).analyze(InputClip(source_id="s", path=str(media["short_shot"])))
+    short = [r for r in rows if r["reject_reasons"] == ["too_short"]]
+    assert short and all(r["aesthetic_score"] is None for r in short)
+    assert all(r["aesthetic_score"] is not None for r in rows if r["status"] == "kept")
