@@ -103,3 +103,27 @@ def test_aesthetic_runs_last_and_skips_rejected_segments(tiny_weights, media):
     short = [r for r in rows if r["reject_reasons"] == ["too_short"]]
     assert short and all(r["aesthetic_score"] is None for r in short)
     assert all(r["aesthetic_score"] is not None for r in rows if r["status"] == "kept")
+
+
+def test_scores_flow_into_the_shards_and_the_funnel(tiny_weights, media, tmp_path):
+    import ray
+
+    from soraplan.curation.pipeline import CurateConfig, RayConfig, run
+    from soraplan.curation.schema import read_clip_table
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("moving", "short_shot"):
+        (videos / f"{name}.mp4").symlink_to(media[name])
+    cfg = CurateConfig(input=str(videos), out=str(tmp_path / "out"),
+                       analyze=analyzer(tiny_weights, min_score=-1e9).cfg,
+                       ray=RayConfig(concurrency=1, local_num_cpus=2))
+    try:
+        summary = run(cfg)
+    finally:
+        ray.shutdown()
+    rows = read_clip_table(tmp_path / "out").to_pylist()
+    kept = [r for r in rows if r["status"] == "kept"]
+    assert kept and all(isinstance(r["aesthetic_score"], float) for r in kept)
+    funnel = summary["stages"]["aesthetic"]
+    assert funnel["in"] == funnel["passed"] == len(kept)
