@@ -74,7 +74,7 @@ def main() -> None:
                                prompt=PromptConfig(file=str(PROMPTS), id="video_describe"))
         cfg.vlm = VLMConfig(model=str(model), dtype="float32", device="cpu")
         cfg.vlm.generation.max_new_tokens = args.max_new_tokens
-        cfg.actors.batch_size, cfg.actors.num_cpus, cfg.decode_num_cpus = batch_size, 0.5, 0.5
+        cfg.actors.batch_size, cfg.actors.num_cpus, cfg.decode_num_cpus = batch_size, 0.5, 0.25  # unequal: no fusion
         s = run(cfg)
         figures[f"batch_{batch_size}"] = {
             "captioned": s["captioned"], "errors": s["errors"],

@@ -72,19 +72,11 @@ def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"  # workers use this venv as is
+    from soraplan.captioner.shards import init_ray
+
+    init_ray(None, num_cpus=2)  # loopback only, no dashboard
     import ray
 
-    for attempt in range(3):  # the raylet has a fixed 30 s start deadline; a busy CPU can miss it
-        try:
-            ray.init(num_cpus=2, include_dashboard=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

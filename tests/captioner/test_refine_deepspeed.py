@@ -24,7 +24,7 @@ def test_zero2_training_on_two_processes(tiny_llama_dir, refine_pairs, tmp_path)
         "--config", str(REPO / "pipelines/configs/refine_tiny.yaml"),
         f"base_model={tiny_llama_dir}", f"data.path={data}", f"output_dir={tmp_path / 'run'}",
         f"prompt.file={REFINE_PROMPTS}", "deepspeed.enabled=true", "deepspeed.zero_stage=2", "epochs=2",
-        "global_batch_size=8", "micro_batch_size=2", "lr=1e-2",
+        "global_batch_size=8", "micro_batch_size=2", "lr=0.01",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)

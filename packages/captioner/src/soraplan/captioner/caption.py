@@ -39,6 +39,8 @@ class CaptionJobConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    # Must differ from the actors' resources (it does whenever they take a GPU): with equal
+    # resources Ray fuses decoding into the model actors, serialising the two.
     decode_num_cpus: float = 0.5
     part_rows: int = 64  # results per resume part
     limit: int | None = None  # caption at most this many pending clips (smoke runs)

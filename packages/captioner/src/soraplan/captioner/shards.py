@@ -115,17 +115,25 @@ def assemble(
     return written
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to `address`, or start a local Ray that listens on loopback only."""
-    import ray
-
-    if ray.is_initialized():
-        return
+    # Set before `import ray`, which reads some of them.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Under `uv run`, Ray would otherwise rebuild the project venv for every worker.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
     if address:
         ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
+        return
+    for attempt in range(3):  # the raylet has a fixed 30 s start deadline; a busy CPU can miss it
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
