@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(CurateConfig, args.config, overrides)
         summary = run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"soraplan-curate: {exc}", file=sys.stderr)
         return 2
     brief = {k: summary[k] for k in ("inputs", "rows", "kept", "rejected", "errors", "rejected_by_reason")}

@@ -11,6 +11,7 @@ text away, at most `max_crop` per side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,6 +19,9 @@ import numpy as np
 @dataclass
 class OcrConfig:
     enabled: bool = True
+    backend: Literal["rapidocr", "paddle"] = "rapidocr"  # paddle: PaddleOCR, an optional extra
+    paddle_model: str = "PP-OCRv5_mobile_det"  # PaddleOCR detection model name
+    paddle_model_dir: str | None = None  # local PaddleOCR model folder (PaddleOCR downloads otherwise)
     fps: float = 1.0  # frames sampled per second of each segment
     max_frames: int = 5  # at most this many frames per segment, spread evenly
     det_limit_side_len: int = 640  # detector input: longer side scaled down to this
@@ -33,6 +37,8 @@ class OcrConfig:
     num_threads: int = 1
 
     def build(self) -> TextDetector:
+        if self.backend == "paddle":
+            return PaddleTextDetector(self)
         return TextDetector(self)
 
 
@@ -74,6 +80,30 @@ class TextDetector:
     def judge(self, frames: list[np.ndarray]) -> TextVerdict:
         """Run the detector on a segment's sampled frames and judge them together."""
         return judge_boxes([self.boxes(f) for f in frames], frames[0].shape[1], frames[0].shape[0], self.cfg)
+
+
+class PaddleTextDetector(TextDetector):
+    """The same detector stage on PaddleOCR's own text-detection module (PP-OCR det only)."""
+
+    def __init__(self, cfg: OcrConfig) -> None:
+        try:
+            from paddleocr import TextDetection
+        except ImportError as exc:
+            raise ImportError(
+                "ocr.backend=paddle needs PaddleOCR, the optional `paddle` extra, which is kept out of "
+                "the shared lock (it pins numpy and a second OpenCV): `pip install paddleocr paddlepaddle` "
+                "in a separate environment, or use ocr.backend=rapidocr (same PP-OCR models, in its wheel)."
+            ) from exc
+        self.cfg = cfg
+        self.engine = TextDetection(model_name=cfg.paddle_model, model_dir=cfg.paddle_model_dir,
+                                    limit_side_len=cfg.det_limit_side_len, limit_type="max",
+                                    box_thresh=cfg.det_box_thresh)
+
+    def boxes(self, rgb: np.ndarray) -> np.ndarray:
+        # PaddleOCR, like RapidOCR, expects OpenCV's BGR channel order.
+        (result,) = self.engine.predict(np.ascontiguousarray(rgb[..., ::-1]), batch_size=1)
+        quads = np.asarray(result["dt_polys"], dtype=np.float64).reshape(-1, 4, 2)
+        return np.concatenate([quads.min(axis=1), quads.max(axis=1)], axis=1)
 
 
 def judge_boxes(per_frame: list[np.ndarray], width: int, height: int, cfg: OcrConfig) -> TextVerdict:
