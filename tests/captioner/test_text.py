@@ -41,3 +41,19 @@ def test_frame_times():
     assert by_fps.times(0.0, 2.0) == [0.25, 0.75, 1.25, 1.75]
     assert len(by_fps.times(0.0, 100.0)) == 5
     assert len(by_fps.times(0.0, 0.1)) == 1
+
+
+def test_hf_id_offline_cache_miss_names_the_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A fresh interpreter: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    code = (
+        "from soraplan.captioner.hub import require_pretrained, ModelSourceError\n"
+        "try:\n    require_pretrained('some-org/some-vlm', 'vlm.model')\n"
+        "except ModelSourceError as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "some-org/some-vlm" in out and "HF_HUB_OFFLINE" in out and "vlm.model" in out

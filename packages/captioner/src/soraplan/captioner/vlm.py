@@ -63,8 +63,8 @@ class VLMCaptioner:
         ]
         visual = {"videos": clips} if self.cfg.frames_as == "video" else {"images": [list(c) for c in clips]}
         inputs = self.processor(text=texts, **visual, return_tensors="pt", padding=True).to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        for key in [k for k in inputs if k.startswith("pixel_values")]:  # images and videos
+            inputs[key] = inputs[key].to(self.model.dtype)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **self.cfg.generation.kwargs(), pad_token_id=self.pad_id)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
