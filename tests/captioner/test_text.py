@@ -57,3 +57,26 @@ def test_hf_id_offline_cache_miss_names_the_key(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert "some-org/some-vlm" in out and "HF_HUB_OFFLINE" in out and "vlm.model" in out
+
+
+def test_shipped_configs_load():
+    from soraplan.captioner.caption import CaptionJobConfig
+    from soraplan.captioner.refine.merge import MergeConfig
+    from soraplan.captioner.refine.rewrite import RewriteJobConfig
+    from soraplan.captioner.refine.train import RefineTrainConfig
+    from soraplan.curation.config import load_config
+
+    from .conftest import REPO
+
+    configs = REPO / "pipelines" / "configs"
+    for name in ["caption.yaml", "caption_qwen2vl.yaml", "caption_tiny.yaml"]:
+        cfg = load_config(CaptionJobConfig, configs / name)
+        cfg.prompt.file = str(REPO / cfg.prompt.file)
+        assert cfg.prompt.build().id == cfg.prompt.id
+    recipe = load_config(RefineTrainConfig, configs / "refine_llama3.yaml")
+    assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (64, 64, 0.1)
+    assert (recipe.epochs, recipe.global_batch_size, recipe.lr, recipe.warmup_ratio) == (1.0, 32, 1.5e-4, 0.1)
+    assert recipe.gradient_checkpointing and recipe.deepspeed.enabled and recipe.deepspeed.zero_stage == 2
+    assert load_config(RefineTrainConfig, configs / "refine_tiny.yaml").dtype == "float32"
+    assert load_config(MergeConfig, configs / "refine_merge.yaml").adapter == "runs/refiner/adapter"
+    assert load_config(RewriteJobConfig, configs / "refine_rewrite.yaml").refiner.prompt.id == "osp_refine"
