@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--short-side", type=int, default=128)
     parser.add_argument("--lpips-weights", default=None)
     parser.add_argument("--lpips-net", default="alex")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     root = Path(args.devset)
     if not root.is_dir():

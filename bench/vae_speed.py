@@ -103,6 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         name, t, size, chunked = args.child
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(measure(name, int(t), int(size), chunked == "1")))
         return
 
