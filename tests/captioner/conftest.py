@@ -71,6 +71,13 @@ def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
+    from soraplan.captioner.tiny import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), tokenizer)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     from soraplan.captioner.shards import init_ray
 

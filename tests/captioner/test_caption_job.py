@@ -63,6 +63,21 @@ def test_vlm_captioner_loads_by_path_and_batches(tiny_llava_dir):
     assert mixed[2].text is None and mixed[2].error.startswith("generation failed")
 
 
+@pytest.mark.parametrize("frames_as", ["images", "video"])
+def test_qwen2_vl_frames_as_images_or_video(tiny_qwen2_vl_dir, frames_as):
+    prompt = PromptConfig(file=str(CAPTION_PROMPTS)).build()
+    cfg = VLMConfig(model=str(tiny_qwen2_vl_dir), dtype="float32", device="cpu", frames_as=frames_as)
+    cfg.generation.max_new_tokens = 5
+    captioner = cfg.build(prompt)
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 255, (4, 56, 84, 3), dtype=np.uint8) for _ in range(2)]
+    captions = captioner.caption(clips)
+    assert [c.error for c in captions] == [None, None]
+    assert all(isinstance(c.text, str) and 1 <= c.num_tokens <= 5 for c in captions)
+    text = captioner.processor.apply_chat_template(captioner._messages(4), add_generation_prompt=True, tokenize=False)
+    assert text.count("<|video_pad|>" if frames_as == "video" else "<|image_pad|>") == (1 if frames_as == "video" else 4)
+
+
 def test_missing_model_fails_before_reading_data(tmp_path):
     cfg = job_config(tmp_path / "no_such_model", tmp_path / "no_such_input", tmp_path / "out")
     with pytest.raises(ModelSourceError, match="vlm.model"):
