@@ -106,15 +106,7 @@ class AestheticScorer:
                 f"analyze.aesthetic.enabled=false.")
         if cfg.clip_model_config:
             open_clip.add_model_config(cfg.clip_model_config)
-        cache_dir = str(weights_dir(cfg.weights_dir) / "open_clip")
-        try:
-            model = open_clip.create_model(cfg.clip_model, pretrained=cfg.clip_pretrained, cache_dir=cache_dir)
-        except Exception as exc:  # noqa: BLE001 - hub, file and config errors all mean "no weights"
-            state = "HF_HUB_OFFLINE is set; " if offline() else ""
-            raise FileNotFoundError(
-                f"aesthetic scoring cannot load open_clip {cfg.clip_model!r} weights "
-                f"analyze.aesthetic.clip_pretrained={cfg.clip_pretrained!r} ({state}cache {cache_dir}): "
-                f"{type(exc).__name__}: {exc}") from None
+        model = self.load_clip()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         # fp16 on GPU; fp32 on CPU, where bf16 autocast measured 8x slower.
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
@@ -128,6 +120,21 @@ class AestheticScorer:
         mlp.load_state_dict(load_tensors(mlp_path))
         self.mlp = mlp.eval().to(self.device, self.dtype)
         self.torch = torch
+
+    def load_clip(self) -> Any:
+        """The open_clip model with `clip_pretrained` weights (a tag through its hub cache, or a file)."""
+        import open_clip
+
+        cfg = self.cfg
+        cache_dir = str(weights_dir(cfg.weights_dir) / "open_clip")
+        try:
+            return open_clip.create_model(cfg.clip_model, pretrained=cfg.clip_pretrained, cache_dir=cache_dir)
+        except Exception as exc:  # noqa: BLE001 - hub, file and config errors all mean "no weights"
+            state = "HF_HUB_OFFLINE is set; " if offline() else ""
+            raise FileNotFoundError(
+                f"aesthetic scoring cannot load open_clip {cfg.clip_model!r} weights "
+                f"analyze.aesthetic.clip_pretrained={cfg.clip_pretrained!r} ({state}cache {cache_dir}): "
+                f"{type(exc).__name__}: {exc}") from None
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """A decoded frame as buffered during the decoding pass: short side `cfg.short_side`."""
