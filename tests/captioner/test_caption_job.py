@@ -88,15 +88,15 @@ def test_missing_model_fails_before_reading_data(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_vllm_backend_is_optional():
+def test_vllm_backend_is_optional(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed")
-    from soraplan.captioner.vllm_backend import require_vllm
-
+    cfg = job_config("org/any-vlm", tmp_path / "no_such_input", tmp_path / "out", backend="vllm")
     with pytest.raises(ImportError, match="backend=transformers"):
-        require_vllm()
+        run(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_caption_job_end_to_end_with_resume(ray_session, tiny_llava_dir, clip_shards, tmp_path):

@@ -17,11 +17,11 @@ from typing import Any, Literal
 import numpy as np
 
 from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
-from soraplan.captioner.hub import require_pretrained
+from soraplan.captioner.hub import ModelSourceError, require_pretrained
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
 from soraplan.captioner.shards import ActorPoolConfig, assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.curation.config import dump_yaml, load_config
+from soraplan.curation.config import ConfigError, dump_yaml, load_config
 from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
@@ -100,8 +100,13 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to <out>/summary.json) the counts and speeds."""
     if not cfg.input or not cfg.out:
         raise ValueError("set both --input (or input=) and --out (or out=)")
+    # Before any data is read. vLLM resolves the model itself, on the GPU workers.
     if cfg.backend == "transformers":
-        require_pretrained(cfg.vlm.model, "vlm.model")  # before any data is read
+        require_pretrained(cfg.vlm.model, "vlm.model")
+    else:
+        from soraplan.captioner.vllm_backend import require_vllm
+
+        require_vllm()
     prompt = cfg.prompt.build()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +203,10 @@ def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    summary = run(parse_args(argv))
+    try:
+        summary = run(parse_args(argv))
+    except (ModelSourceError, ConfigError, FileNotFoundError, KeyError) as exc:  # config mistakes: no traceback
+        raise SystemExit(f"soraplan-caption: {exc}") from exc
     print(json.dumps(summary, indent=2))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from soraplan.curation.config import load_config
+from soraplan.captioner.hub import ModelSourceError
+from soraplan.curation.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,8 +25,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
         p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
+    try:
+        _run(args)
+    except (ModelSourceError, ConfigError, FileNotFoundError, KeyError) as exc:  # config mistakes: no traceback
+        raise SystemExit(f"soraplan-refine {args.command}: {exc}") from exc
 
+
+def _run(args: argparse.Namespace) -> None:
+    overrides = list(args.overrides)
     if args.command == "train":
         from soraplan.captioner.refine.train import RefineTrainConfig, train_refiner
 
