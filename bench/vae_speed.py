@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument(
         "--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     parser.add_argument(
         "--include", help="JSON lines of rows from an earlier run (its stderr) to report with these"
     )
@@ -131,6 +132,7 @@ def main() -> None:
                     str(h),
                     "1" if chunked else "0",
                 ]
+                cmd += ["--threads", str(args.threads)] if args.threads else []
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}
                 )
