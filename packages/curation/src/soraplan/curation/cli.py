@@ -105,7 +105,7 @@ def weights_main(argv: list[str]) -> int:
     p.add_argument("--to", required=True, help="weights folder; later runs use it with --weights-dir")
     p.add_argument("--config", help="YAML config whose scorers need the weights")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # `download --to DIR key=value`: positionals on both sides
     from soraplan.curation.aesthetic import download_laion_mlp
     from soraplan.curation.weights import ensure_lpips_alexnet
 
