@@ -14,26 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-
-from _devset import devset_dir  # noqa: E402
-from soraplan.curation import analyze  # noqa: E402
-from soraplan.curation.analyze import ClipAnalyzer  # noqa: E402
-from soraplan.curation.config import load_config  # noqa: E402
-from soraplan.curation.inputs import read_inputs  # noqa: E402
-from soraplan.curation.pipeline import CurateConfig, run  # noqa: E402
-from soraplan.curation.schema import read_clip_table  # noqa: E402
-from soraplan.curation.video import fit_short_side, iter_frames, probe  # noqa: E402
+from _devset import devset_dir
+from soraplan.curation import analyze
+from soraplan.curation.analyze import ClipAnalyzer
+from soraplan.curation.config import load_config
+from soraplan.curation.inputs import read_inputs
+from soraplan.curation.pipeline import CurateConfig, run
+from soraplan.curation.ray_session import init_ray
+from soraplan.curation.schema import read_clip_table
+from soraplan.curation.video import fit_short_side, iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +81,7 @@ def main() -> None:
     cfg = load_config(CurateConfig, REPO / "pipelines/configs/curate.yaml",
                       [f"input={videos}", f"out={out}", *args.overrides])
     clips = read_inputs(videos)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray = init_ray(num_cpus=args.num_cpus)
 
     started = time.perf_counter()
     summary = run(cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from soraplan.curation.config import load_config
+from soraplan.curation.ray_session import init_ray
 from soraplan.curation.schema import STATUS_KEPT, read_clip_table
 from soraplan.model.dit.data import write_index
 from soraplan.model.dit.encode import EncodeConfig, LatentEncoder
@@ -28,8 +29,6 @@ class RayLatentEncoder:
 
 
 def main() -> None:
-    import ray
-
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of EncodeConfig")
@@ -40,7 +39,7 @@ def main() -> None:
     clips = read_clip_table(cfg.shards, status=STATUS_KEPT)
     if clips.num_rows == 0:
         raise SystemExit(f"no kept clips in {cfg.shards}; set shards=<curated output dir>")
-    ray.init(ignore_reinit_error=True)
+    ray = init_ray(cfg.ray_address)
     results = (
         ray.data.from_arrow(clips)
         .map_batches(RayLatentEncoder, fn_constructor_args=(cfg,), batch_size=cfg.batch_size,

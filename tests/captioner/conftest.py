@@ -79,7 +79,7 @@ def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    from soraplan.captioner.shards import init_ray
+    from soraplan.curation.ray_session import init_ray
 
     init_ray(None, num_cpus=2)  # loopback only, no dashboard
     import ray

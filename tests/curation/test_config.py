@@ -24,6 +24,7 @@ def test_yaml_then_overrides(tmp_path):
     cfg_file.write_text("path: a\ninner:\n  rate: 2\n")
     cfg = load_config(Outer, cfg_file, ["inner.names=[x, y]", "flag=true"])
     assert cfg == Outer(path="a", inner=Inner(rate=2.0, names=["x", "y"]), flag=True)
+    assert load_config(Outer, None, ["inner.rate=1e-2"]).inner.rate == 0.01  # YAML 1.1 gives a string
 
 
 def test_unknown_key_names_the_known_ones(tmp_path):

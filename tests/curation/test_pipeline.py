@@ -19,7 +19,6 @@ import pytest
 from soraplan.curation.config import load_config
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.curation.schema import read_clip_table
-from soraplan.curation.synthetic import make_video
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,8 @@ import numpy as np
 from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
 from soraplan.captioner.hub import ModelSourceError, require_pretrained
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
-from soraplan.captioner.shards import ActorPoolConfig, assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
+from soraplan.curation.ray_session import init_ray
+from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
 from soraplan.captioner.vlm import VLMConfig
 from soraplan.curation.config import ConfigError, dump_yaml, load_config
 from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS

@@ -113,27 +113,3 @@ def assemble(
         write_table_atomic(table, Path(out_dir) / "clips" / shard_name)
         written += table.num_rows
     return written
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to `address`, or start a local Ray that listens on loopback only."""
-    # Set before `import ray`, which reads some of them.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Under `uv run`, Ray would otherwise rebuild the project venv for every worker.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-        return
-    for attempt in range(3):  # the raylet has a fixed 30 s start deadline; a busy CPU can miss it
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
-            return
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise

@@ -72,7 +72,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:  # YAML 1.1 reads "1e-2" (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

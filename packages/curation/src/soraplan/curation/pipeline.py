@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +22,7 @@ from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.config import dump_yaml
 from soraplan.curation.inputs import InputClip, read_inputs
 from soraplan.curation.motion import set_threads
+from soraplan.curation.ray_session import init_ray
 from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files
 from soraplan.curation.summary import summarize
 
@@ -66,22 +65,6 @@ def _prepare_out(out: Path) -> set[str]:
     return set(done["source_id"].to_pylist())
 
 
-def _init_ray(cfg: RayConfig) -> ModuleType:
-    """Import Ray with this job's settings and connect (or start a local instance)."""
-    # Set before Ray is imported, which reads them once: stay on loopback, and let workers use
-    # this interpreter and venv instead of Ray's `uv run` hook rebuilding a venv per job.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    import ray
-
-    if not ray.is_initialized():
-        if cfg.address:
-            ray.init(address=cfg.address)
-        else:
-            ray.init(num_cpus=cfg.local_num_cpus, include_dashboard=False)
-    return ray
-
-
 class _RayClipAnalyzer(ClipAnalyzer):
     """The analyzer as Ray constructs it in each actor: pinned to its CPU share."""
 
@@ -120,7 +103,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
 
 
 def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
-    ray = _init_ray(cfg.ray)
+    ray = init_ray(cfg.ray.address, cfg.ray.local_num_cpus)
     items = [c.to_row() for c in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(

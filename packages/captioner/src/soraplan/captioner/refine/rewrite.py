@@ -16,7 +16,8 @@ from soraplan.captioner.hub import pick_device, require_pretrained, torch_dtype
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.refine.data import REFINE_PROMPTS, chat_prompt
-from soraplan.captioner.shards import ActorPoolConfig, assemble, init_ray, kept_rows, load_inputs, read_parts, write_part
+from soraplan.curation.ray_session import init_ray
+from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
 from soraplan.curation.config import dump_yaml
 from soraplan.curation.schema import REFINED_CAPTION_FIELDS
 

@@ -33,6 +33,7 @@ class EncodeConfig:
     caption_column: str = "caption"  # e.g. refined_caption after the captioner jobs
     batch_size: int = 4
     device: str = "cpu"
+    ray_address: str | None = None  # None: a local Ray; "auto": the cluster this job runs on
 
 
 def plan_for_row(row: dict[str, Any], cfg: BucketConfig) -> ClipPlan | None:
