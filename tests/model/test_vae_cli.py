@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from soraplan.curation.video import probe, write_video
-from soraplan.model.vae import WFVAEModel
+from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
 from soraplan.model.vae.cli import load_video, main
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
 
@@ -38,14 +38,7 @@ def test_reconstruct_cli_writes_video_and_prints_metrics(
         10
     )  # 1 + 4n frames, 8-aligned size
 
-    WFVAEModel(
-        base_channels=8,
-        latent_channels=4,
-        encoder_num_res_blocks=1,
-        decoder_num_res_blocks=1,
-        encoder_energy_flow_channels=8,
-        decoder_energy_flow_channels=8,
-    ).save_pretrained(tmp_path / "vae")
+    WFVAEModel(**WFVAE_CONFIGS["wfvae-test"]).save_pretrained(tmp_path / "vae")
     main(
         [
             "reconstruct",

@@ -21,14 +21,7 @@ from soraplan.model.vae.modules import (
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-TINY = dict(
-    base_channels=8,
-    latent_channels=4,
-    encoder_num_res_blocks=1,
-    decoder_num_res_blocks=1,
-    encoder_energy_flow_channels=8,
-    decoder_energy_flow_channels=8,
-)
+TINY = WFVAE_CONFIGS["wfvae-test"]
 
 
 def tiny_model(**overrides: object) -> WFVAEModel:
@@ -156,10 +149,9 @@ def test_named_configs_build_and_save_load_round_trip(tmp_path: Path) -> None:
 PEAK_SCRIPT = textwrap.dedent(
     """
     import json, torch
-    from soraplan.model.vae import WFVAEModel
+    from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
     torch.manual_seed(0)
-    model = WFVAEModel(base_channels=8, latent_channels=4, encoder_num_res_blocks=1,
-        decoder_num_res_blocks=1, encoder_energy_flow_channels=8, decoder_energy_flow_channels=8).eval()
+    model = WFVAEModel(**WFVAE_CONFIGS["wfvae-test"]).eval()
     def hwm():
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM"):

@@ -15,21 +15,14 @@ import torch
 
 from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
 from soraplan.curation.video import write_video
-from soraplan.model.vae import WFVAEModel
+from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
 from soraplan.model.vae.data import VAEDataConfig
 from soraplan.model.vae.losses import PatchDiscriminator3D, VAELoss, VAELossConfig, load_lpips
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = dict(
-    base_channels=8,
-    latent_channels=4,
-    encoder_num_res_blocks=1,
-    decoder_num_res_blocks=1,
-    encoder_energy_flow_channels=8,
-    decoder_energy_flow_channels=8,
-)
+TINY = WFVAE_CONFIGS["wfvae-test"]
 
 
 def two_tone_video(frames: int = 24, width: int = 96, height: int = 64) -> np.ndarray:

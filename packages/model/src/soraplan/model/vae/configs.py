@@ -22,6 +22,15 @@ WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
         encoder_energy_flow_channels=16,
         decoder_energy_flow_channels=16,
     ),
+    # The smallest model that still exercises every layer: unit tests in float64.
+    "wfvae-test": dict(
+        base_channels=8,
+        latent_channels=4,
+        encoder_num_res_blocks=1,
+        decoder_num_res_blocks=1,
+        encoder_energy_flow_channels=8,
+        decoder_energy_flow_channels=8,
+    ),
 }
 
 
