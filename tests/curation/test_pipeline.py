@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -135,8 +136,15 @@ def test_driver_killed_then_rerun_matches_uninterrupted_run(local_ray, tmp_path,
     while time.time() < deadline and len(list((out / "clips").glob("*.parquet"))) < 2:
         time.sleep(0.2)
     assert driver.poll() is None, "the job finished before it could be killed"
+    # The driver's local Ray (raylet, workers) dies with it; wait until it has, so that no
+    # write of the killed run lands while the rerun is already going.
+    local_cluster = psutil.Process(driver.pid).children(recursive=True)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+    for proc in local_cluster:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(local_cluster, timeout=60)
     done_before = {r["clip_id"] for r in read_clip_table(out).to_pylist()} if list((out / "clips").glob("*.parquet")) else set()
     assert 0 < len(done_before) < len(expected)
 
