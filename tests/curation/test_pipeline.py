@@ -209,3 +209,19 @@ def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, cap
     assert code == 2
     assert "motion.weights_dir" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_late_duplicate_rows_are_dropped_from_the_newer_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from soraplan.curation.pipeline import _drop_duplicate_rows
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    pq.write_table(pa.table({"clip_id": ["a", "b"], "source_id": ["s", "s"]}), clips / "old.parquet")
+    os.utime(clips / "old.parquet", (1, 1))
+    pq.write_table(pa.table({"clip_id": ["b", "c"], "source_id": ["s", "t"]}), clips / "late.parquet")
+    _drop_duplicate_rows(clips)
+    assert pq.read_table(clips / "old.parquet")["clip_id"].to_pylist() == ["a", "b"]
+    assert pq.read_table(clips / "late.parquet")["clip_id"].to_pylist() == ["c"]

@@ -23,7 +23,7 @@ from soraplan.curation.config import dump_yaml
 from soraplan.curation.inputs import InputClip, read_inputs
 from soraplan.curation.motion import set_threads
 from soraplan.curation.ray_session import init_ray
-from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files
+from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files, write_table_atomic
 from soraplan.curation.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,19 @@ class _RayClipAnalyzer(ClipAnalyzer):
         super().__init__(cfg)
 
 
+def _drop_duplicate_rows(clips_dir: Path) -> None:
+    """Keep each clip id once. A write of a killed run can land after a rerun has scanned the
+    folder; the older file keeps the row and the newer one is rewritten atomically without it."""
+    seen: set[str] = set()
+    for path in sorted(shard_files(clips_dir), key=lambda p: p.stat().st_mtime):
+        table = pq.read_table(path)
+        ids = table["clip_id"].to_pylist()
+        keep = [clip_id not in seen for clip_id in ids]
+        seen.update(ids)
+        if not all(keep):
+            write_table_atomic(table.filter(pa.array(keep)), path)
+
+
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Curate `cfg.input` into `cfg.out`; returns the summary (also written to summary.json)."""
     if not cfg.input or not cfg.out:
@@ -96,6 +109,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
              len(clips), len(clips) - len(unique), len(unique) - len(todo), len(todo))
     if todo:
         _run_ray(cfg, todo, out / "clips")
+    _drop_duplicate_rows(out / "clips")
     summary = summarize(out, cfg, inputs=len(clips), duplicates=len(clips) - len(unique),
                         wall_s=time.time() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
