@@ -2,7 +2,8 @@
 
     uv run python bench/scorers.py [--threads 2] [--batches 1 8 32] [--skip-clip]
 
-- lpips: AlexNet LPIPS (the motion backend), frame pairs per second through `LpipsMotion`;
+- lpips: AlexNet LPIPS (the motion backend), frame pairs per second through `LpipsMotion`, on
+  one clip of max(--batches) pairs at each batch size;
 - aesthetic: open_clip ViT-L/14 + LAION MLP through `AestheticScorer`, frames per second;
 - ocr: RapidOCR text detection (no batching: one image per call), frames per second.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -57,17 +59,20 @@ def rate(count: int, fn: Any, *args: Any, repeats: int = 1) -> dict[str, float]:
 
 
 def bench_lpips(batches: list[int], tmp: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Every batch size scores the same clip of max(batches) frame pairs: batch 1 sends each
+    pair's 2 frames through AlexNet, batch N sends N + 1 frames for N pairs."""
     import torch
     import torchvision
 
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp / ALEXNET_FILE)
+    pairs = max(batches)
     out = {}
     for batch in batches:
         backend = MotionConfig(backend="lpips", weights_dir=str(tmp), fetch_weights=False,
                                lpips_batch_size=batch).build()
-        prepared = [backend.prepare(f) for f in frames(batch + 1)]
-        backend.distances(prepared[:2])  # warm-up
-        out[f"batch_{batch}"] = rate(batch, backend.distances, prepared, repeats=repeats)
+        prepared = [backend.prepare(f) for f in frames(pairs + 1)]
+        backend.distances(prepared[: batch + 1])  # warm-up
+        out[f"batch_{batch}"] = rate(pairs, backend.distances, prepared, repeats=repeats)
     return out
 
 
@@ -110,7 +115,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {"threads": args.threads, "unit": "frames/s (lpips: frame pairs/s)"}
+    result: dict[str, Any] = {"threads": args.threads, "unit": "frames/s (lpips: frame pairs/s)",
+                              "load_average_1_5_15": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         result["lpips_alexnet"] = bench_lpips(args.batches, Path(tmp), args.repeats)
         if not args.skip_clip:

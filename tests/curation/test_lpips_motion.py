@@ -27,7 +27,7 @@ def test_missing_weights_fail_fast_naming_the_key(tmp_path, monkeypatch):
         MotionConfig(backend="lpips", weights_dir=str(tmp_path)).build()
 
 
-def test_lpips_distances_batched_equal_single(alexnet_dir):
+def test_shared_features_equal_lpips_forward_at_every_batch_size(alexnet_dir):
     import torch
 
     backend = MotionConfig(backend="lpips", weights_dir=str(alexnet_dir), lpips_batch_size=3).build()
@@ -39,8 +39,14 @@ def test_lpips_distances_batched_equal_single(alexnet_dir):
     motion, cuts = backend.distances(frames)
     assert motion.shape == (7,) and np.array_equal(motion, cuts)
     assert motion[2] < 1e-6 and (np.delete(motion, 2) > 1e-4).all()
-    one_by_one = [backend.distances(frames[i : i + 2])[0][0] for i in range(7)]
-    assert np.allclose(motion, one_by_one, atol=1e-6)
+    # The reference: the lpips package's own forward on each pair, both frames through AlexNet.
+    images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.inference_mode():
+        reference = np.array([backend.model(images[k : k + 1], images[k + 1 : k + 2]).item() for k in range(7)])
+    assert np.allclose(motion, reference, rtol=0, atol=1e-5)
+    for batch_size in (1, 16):
+        backend.batch_size = batch_size
+        assert np.allclose(backend.distances(frames)[0], motion, rtol=0, atol=1e-5)
 
 
 def test_lpips_backend_in_the_analyzer(alexnet_dir, media):

@@ -140,7 +140,12 @@ def load_alexnet_features(path: Path) -> dict[str, Any]:
 
 
 class LpipsMotion:
-    """AlexNet LPIPS between sampled frames, batched; the reference motion measure."""
+    """AlexNet LPIPS between sampled frames, batched; the reference motion measure.
+
+    Consecutive pairs share frames, so each frame goes through the backbone once and every
+    pair's distance is taken from the stored features (not `model(a, b)`, which would run
+    every frame twice).
+    """
 
     name = "lpips"
 
@@ -150,6 +155,7 @@ class LpipsMotion:
 
         weights = find_alexnet_weights(cfg.weights_dir, cfg.fetch_weights)
         self.torch = torch
+        self.lpips = lpips
         self.size = cfg.lpips_size
         self.batch_size = cfg.lpips_batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,13 +180,26 @@ class LpipsMotion:
         stack = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         out = []
         with torch.inference_mode():
+            # `batch_size` pairs take batch_size + 1 frames; neighbouring batches share one frame.
             for i in range(0, len(frames) - 1, self.batch_size):
-                a = stack[i : i + self.batch_size].to(self.device)
-                b = stack[i + 1 : i + 1 + self.batch_size].to(self.device)
-                a = a[: b.shape[0]]
-                out.append(self.model(a, b).flatten().cpu().numpy())
+                chunk = stack[i : i + self.batch_size + 1].to(self.device)
+                out.append(self.neighbour_distances(chunk).cpu().numpy())
         d = np.concatenate(out).astype(np.float64)
         return d, d
+
+    def neighbour_distances(self, images: Any) -> Any:
+        """LPIPS between images[k] and images[k + 1], from one backbone pass over `images`.
+
+        The same math as `lpips.LPIPS.forward` (version 0.1, no spatial map), with the model's
+        own scaling layer, feature normalisation and linear heads.
+        """
+        model, lpips = self.model, self.lpips
+        features = model.net(model.scaling_layer(images))
+        total = 0
+        for feature, head in zip(features, model.lins):
+            unit = lpips.normalize_tensor(feature)
+            total = total + lpips.spatial_average(head((unit[:-1] - unit[1:]) ** 2), keepdim=True)
+        return total.flatten()
 
 
 def set_threads(num_cpus: float) -> None:
