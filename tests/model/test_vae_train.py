@@ -133,7 +133,7 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
 
     out = model(x, generator=torch.Generator().manual_seed(1))
-    surrogate, stats = loss_fn.generator_loss(x, out, step=0, discriminator=disc)
+    surrogate, stats = loss_fn.generator_loss(x, out, 0, disc, model.decoder)
     surrogate.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -150,9 +150,15 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
 
-    # After disc_start_step the adversarial term joins with a positive, clamped adaptive weight.
-    out = model(x)
-    _, stats = loss_fn.generator_loss(x, out, step=10, discriminator=disc)
+    # After disc_start_step the adversarial term joins, weighted by taming's rule: the ratio of
+    # the gradient norms at the decoder's last-layer weight, here taken straight from the model.
+    out = model(x, generator=torch.Generator().manual_seed(1))
+    _, stats = loss_fn.generator_loss(x, out, 10, disc, model.decoder)
+    last = model.decoder.conv_out.weight
+    nll_w = torch.autograd.grad((x - out.sample).abs().sum(), last, retain_graph=True)[0]
+    g_w = torch.autograd.grad(-disc(out.sample).mean(), last)[0]
+    expected = (nll_w.norm() / (g_w.norm() + 1e-4)).clamp(0, cfg.adaptive_weight_max).item()
+    assert stats["d_weight"] == pytest.approx(expected * cfg.disc_weight, rel=1e-5)
     assert 0 < stats["d_weight"] <= cfg.adaptive_weight_max * cfg.disc_weight
     d_loss, _ = loss_fn.discriminator_loss(x, out.sample, disc)
     d_loss.backward()

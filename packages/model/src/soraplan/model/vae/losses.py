@@ -1,5 +1,5 @@
 """WF-VAE training losses: L1 + LPIPS, KL, wavelet-coefficient L1, and a 3D PatchGAN hinge loss
-whose weight adapts to the ratio of gradient norms at the decoder's last layer.
+whose weight adapts to the ratio of gradient norms at the decoder's last layer (taming's rule).
 
 As in the WF-VAE/taming recipe, the reconstruction, KL and wavelet terms are summed over pixels
 and averaged over the batch, so `kl_weight` 1e-6 and `wavelet_weight` 0.1 mean what they do there.
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soraplan.model.vae.modeling_wfvae import WFVAEOutput
+from soraplan.model.vae.modeling_wfvae import Decoder, WFVAEOutput
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,20 @@ class VAELoss(nn.Module):
         return step >= self.cfg.disc_start_step
 
     def generator_loss(
-        self, x: torch.Tensor, out: WFVAEOutput, step: int, discriminator: nn.Module
+        self,
+        x: torch.Tensor,
+        out: WFVAEOutput,
+        step: int,
+        discriminator: nn.Module,
+        decoder: Decoder,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """A surrogate scalar whose gradient is that of the generator loss, and the loss terms.
 
         The pixel terms (L1, LPIPS, adversarial) are evaluated on a detached copy of the
         reconstruction, and their gradient there is pushed through the model with one backward
         of <reconstruction, gradient>. So the model graph sees a single backward, which DeepSpeed
-        requires (its hooks fire on every backward pass through an engine's graph), and the
-        adaptive weight needs no extra pass through the model: it is the ratio of the two
-        gradient norms at the decoder output, which the last layer (`decoder.conv_out`) feeds
-        through a fixed orthonormal inverse wavelet.
+        requires (its hooks fire on every backward pass through an engine's graph). The adaptive
+        weight's last-layer gradients come from a small replay of `decoder`'s tail instead.
         """
         cfg, b = self.cfg, x.shape[0]
         recon = out.sample.detach().requires_grad_(True)
@@ -141,7 +144,7 @@ class VAELoss(nn.Module):
         }
         if self.disc_active(step):
             g_loss = -discriminator(recon).mean()
-            d_weight = self.adaptive_weight(nll, g_loss, recon)
+            d_weight = self.adaptive_weight(nll, g_loss, recon, decoder, out.decoder_features)
             pixel_loss = nll + d_weight * g_loss
             stats.update(g_loss=g_loss.item(), d_weight=d_weight.item())
         (grad_recon,) = torch.autograd.grad(pixel_loss, recon)
@@ -155,13 +158,35 @@ class VAELoss(nn.Module):
         return surrogate, stats
 
     def adaptive_weight(
-        self, nll: torch.Tensor, g_loss: torch.Tensor, at: torch.Tensor
+        self,
+        nll: torch.Tensor,
+        g_loss: torch.Tensor,
+        recon: torch.Tensor,
+        decoder: Decoder,
+        features: torch.Tensor,
     ) -> torch.Tensor:
-        """Scale the adversarial term so its gradient norm at `at` matches the reconstruction's."""
-        nll_grad = torch.autograd.grad(nll, at, retain_graph=True)[0]
-        g_grad = torch.autograd.grad(g_loss, at, retain_graph=True)[0]
-        ratio = nll_grad.norm() / (g_grad.norm() + 1e-4)
-        return ratio.clamp(0.0, self.cfg.adaptive_weight_max).detach() * self.cfg.disc_weight
+        """Scale the adversarial term so that its gradient norm at the weight of the decoder's
+        last layer matches the reconstruction loss's, clamped.
+
+        After `conv_out` the decoder only adds a low band that does not depend on its weight and
+        applies the fixed linear inverse wavelet. So replaying conv_out -> inverse wavelet on the
+        stored input `features`, with a detached copy of the weight, gives the exact weight
+        gradients from the gradients at the reconstruction `recon`.
+        """
+        nll_grad = torch.autograd.grad(nll, recon, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, recon, retain_graph=True)[0]
+        conv = decoder.conv_out
+        weight = conv.weight.detach().requires_grad_(True)
+        params = {"weight": weight, "bias": conv.bias.detach()}
+        replay = decoder.inverse_wavelet_out(
+            torch.func.functional_call(conv, params, (features.detach(),))
+        )
+        nll_w, g_w = (
+            torch.autograd.grad(replay, weight, grad, retain_graph=True)[0]
+            for grad in (nll_grad, g_grad)
+        )
+        ratio = nll_w.norm() / (g_w.norm() + 1e-4)
+        return ratio.clamp(0.0, self.cfg.adaptive_weight_max) * self.cfg.disc_weight
 
     def discriminator_loss(
         self, x: torch.Tensor, recon: torch.Tensor, discriminator: nn.Module

@@ -171,7 +171,8 @@ class Decoder(nn.Module):
         self.inverse_wavelet_l1 = InverseHaarWavelet2D()
         self.inverse_wavelet_out = InverseHaarWavelet3D()
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, WaveletCoeffs]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, WaveletCoeffs, torch.Tensor]:
+        """Video, the predicted wavelet low bands, and the input of the last layer `conv_out`."""
         e = self.energy_flow_channels
         h = self.mid(self.conv_in(z))
         l2_coeffs = self.connect_l2(h[:, -e:])
@@ -180,10 +181,10 @@ class Decoder(nn.Module):
         l1_coeffs = self.connect_l1(h[:, -e:])
         l1_coeffs = torch.cat([l1_coeffs[:, :RGB] + l2_low, l1_coeffs[:, RGB:]], dim=1)
         l1_low = self.inverse_wavelet_l1(l1_coeffs)
-        h = self.up0(self.up1(h[:, :-e]))
-        coeffs = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        features = nn.functional.silu(self.norm_out(self.up0(self.up1(h[:, :-e]))))
+        coeffs = self.conv_out(features)
         coeffs = torch.cat([coeffs[:, :RGB] + l1_low, coeffs[:, RGB:]], dim=1)
-        return self.inverse_wavelet_out(coeffs), (l1_coeffs, l2_coeffs)
+        return self.inverse_wavelet_out(coeffs), (l1_coeffs, l2_coeffs), features
 
 
 @dataclass
@@ -192,6 +193,7 @@ class WFVAEOutput(BaseOutput):
     latent_dist: DiagonalGaussianDistribution
     encoder_coeffs: WaveletCoeffs  # wavelet low bands computed from the input
     decoder_coeffs: WaveletCoeffs  # the decoder's predictions of the same
+    decoder_features: torch.Tensor  # input of decoder.conv_out, for the adaptive GAN weight
 
 
 class WFVAEModel(ModelMixin, ConfigMixin):
@@ -290,5 +292,5 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         moments, encoder_coeffs = self.encoder(x)
         posterior = DiagonalGaussianDistribution(moments)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        video, decoder_coeffs = self.decoder(z)
-        return WFVAEOutput(video, posterior, encoder_coeffs, decoder_coeffs)
+        video, decoder_coeffs, features = self.decoder(z)
+        return WFVAEOutput(video, posterior, encoder_coeffs, decoder_coeffs, features)

@@ -192,7 +192,9 @@ class Trainer:
         )
         self.discriminator.requires_grad_(False)  # the generator step must not touch D's grads
         out = self.gen_engine(x, generator=noise)
-        loss, stats = self.loss.generator_loss(x, out, self.step, self.discriminator)
+        loss, stats = self.loss.generator_loss(
+            x, out, self.step, self.discriminator, self.vae.decoder
+        )
         self.gen_engine.backward(loss)
         self.gen_engine.step()
         self.ema.update(self.vae)
