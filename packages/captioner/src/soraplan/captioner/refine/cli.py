@@ -11,6 +11,8 @@ from soraplan.curation.config import ConfigError, load_config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="soraplan-refine", description="LoRA caption refiner")
+    # The deepspeed launcher puts --local_rank=N before the command; the rank is read from LOCAL_RANK.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in [
         ("train", "LoRA fine-tuning (single process, or ZeRO-2 under the deepspeed launcher)"),
@@ -22,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
         if name == "rewrite":
             p.add_argument("--input", help="shard dir or .txt file of prompts")
             p.add_argument("--out", help="output dir (shards) or .txt file")
-        p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
         p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     args = parser.parse_args(argv)
     try:
