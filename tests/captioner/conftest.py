@@ -1,5 +1,5 @@
-"""Session fixtures: a tokenizer trained here, tiny LLaMA and LLaVA saved to disk, a local Ray,
-synthetic clips. Nothing is downloaded."""
+"""Session fixtures: a tokenizer trained here, tiny LLaMA, LLaVA, LLaVA-NeXT-Video and Qwen2-VL
+saved to disk, a local Ray, synthetic clips. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -68,6 +68,13 @@ def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
     from soraplan.captioner.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_video_dir(tmp_path_factory, tokenizer) -> Path:
+    from soraplan.captioner.tiny import build_tiny_llava_next_video
+
+    return build_tiny_llava_next_video(tmp_path_factory.mktemp("tiny_llava_next_video"), tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -78,23 +78,59 @@ def test_qwen2_vl_frames_as_images_or_video(tiny_qwen2_vl_dir, frames_as):
     assert text.count("<|video_pad|>" if frames_as == "video" else "<|image_pad|>") == (1 if frames_as == "video" else 4)
 
 
+def test_llava_next_video_takes_frames_as_one_video(tiny_llava_next_video_dir, tiny_llava_dir, monkeypatch):
+    """frames_as=auto: one video of N frames for LLaVA-NeXT-Video, N images for LLaVA (no video processor)."""
+    prompt = PromptConfig(file=str(CAPTION_PROMPTS)).build()
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 255, (3, 40, 56, 3), dtype=np.uint8) for _ in range(2)]
+    seen, processors = {}, {}
+    for name, model_dir in [("video", tiny_llava_next_video_dir), ("images", tiny_llava_dir)]:
+        cfg = VLMConfig(model=str(model_dir), dtype="float32", device="cpu")
+        cfg.generation.max_new_tokens = 5
+        captioner = cfg.build(prompt)
+        processors[name] = captioner.processor
+        generate = captioner.model.generate
+
+        def spy(**inputs):
+            seen[name] = inputs
+            return generate(**inputs)
+
+        monkeypatch.setattr(captioner.model, "generate", spy)
+        captions = captioner.caption(clips)
+        assert captioner.frames_as == name and [c.error for c in captions] == [None, None]
+        assert all(isinstance(c.text, str) and 1 <= c.num_tokens <= 5 for c in captions)
+    # 2 clips -> 2 videos of 3 frames at the processor's 32 px; each frame is 16 patches pooled to 4 tokens.
+    assert "pixel_values" not in seen["video"] and tuple(seen["video"]["pixel_values_videos"].shape) == (2, 3, 3, 32, 32)
+    assert (seen["video"]["input_ids"] == processors["video"].video_token_id).sum(dim=1).tolist() == [3 * 4, 3 * 4]
+    assert "pixel_values_videos" not in seen["images"] and tuple(seen["images"]["pixel_values"].shape) == (6, 3, 32, 32)
+    with pytest.raises(ValueError, match="vlm.frames_as=images"):
+        VLMConfig(model=str(tiny_llava_dir), dtype="float32", device="cpu", frames_as="video").build(prompt)
+
+
+def test_videos_of_different_lengths_are_batched_by_length(tiny_llava_next_video_dir, monkeypatch):
+    cfg = VLMConfig(model=str(tiny_llava_next_video_dir), dtype="float32", device="cpu")
+    cfg.generation.max_new_tokens = 5
+    captioner = cfg.build(PromptConfig(file=str(CAPTION_PROMPTS)).build())
+    rng = np.random.default_rng(1)
+    clips = [rng.integers(0, 255, (n, 40, 56, 3), dtype=np.uint8) for n in (3, 5, 3)]  # `fps` sampling
+    single = [captioner.caption([c])[0] for c in clips]
+    generate, frames_per_call = captioner.model.generate, []
+
+    def spy(**inputs):
+        frames_per_call.append(tuple(inputs["pixel_values_videos"].shape[:2]))
+        return generate(**inputs)
+
+    monkeypatch.setattr(captioner.model, "generate", spy)
+    assert captioner.caption(clips) == single
+    assert sorted(frames_per_call) == [(1, 5), (2, 3)]  # no failed mixed batch, no clip-by-clip retry
+
+
 def test_missing_model_fails_before_reading_data(tmp_path):
     cfg = job_config(tmp_path / "no_such_model", tmp_path / "no_such_input", tmp_path / "out")
     with pytest.raises(ModelSourceError, match="vlm.model"):
         run(cfg)
     cfg.vlm.model = ""
     with pytest.raises(ModelSourceError, match="vlm.model"):
-        run(cfg)
-    assert not (tmp_path / "out").exists()
-
-
-def test_vllm_backend_is_optional(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed")
-    cfg = job_config("org/any-vlm", tmp_path / "no_such_input", tmp_path / "out", backend="vllm")
-    with pytest.raises(ImportError, match="backend=transformers"):
         run(cfg)
     assert not (tmp_path / "out").exists()
 
@@ -131,6 +167,18 @@ def test_caption_job_end_to_end_with_resume(ray_session, tiny_llava_dir, clip_sh
     captioner = cfg.vlm.build(cfg.prompt.build())
     direct = captioner.caption([clip_frames(rows[c], cfg.frames).frames for c in ["c0", "c1", "c2"]])
     assert [d.text for d in direct] == [rows[c]["vlm_caption"] for c in ["c0", "c1", "c2"]]
+
+
+def test_caption_job_with_llava_next_video(ray_session, tiny_llava_next_video_dir, clip_shards, tmp_path):
+    cfg = job_config(tiny_llava_next_video_dir, clip_shards, tmp_path / "captioned")
+    cfg.frames.short_side = 48
+    summary = run(cfg)
+    assert summary["kept"] == 4 and summary["captioned"] == 3 and summary["errors"] == 1 and summary["rows_out"] == 5
+    rows = {r["clip_id"]: r for r in read_clip_table(tmp_path / "captioned").to_pylist()}
+    for cid in ["c0", "c1", "c2"]:
+        assert isinstance(rows[cid]["vlm_caption"], str) and rows[cid]["vlm_caption"].strip()
+        assert rows[cid]["caption_error"] is None and rows[cid]["caption_model"] == str(tiny_llava_next_video_dir)
+    assert rows["bad"]["caption_error"].startswith("decode failed") and rows["bad"]["caption_model"] == str(tiny_llava_next_video_dir)
 
 
 def test_cli_on_directory_of_clips(ray_session, tiny_llava_dir, clip_shards, tmp_path):

@@ -10,8 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 QWEN_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN, "<|system|>", "<|user|>", "<|assistant|>", *QWEN_VISION_TOKENS]
+SPECIAL_TOKENS = [
+    "<pad>", "<s>", "</s>", IMAGE_TOKEN, VIDEO_TOKEN, "<|system|>", "<|user|>", "<|assistant|>", *QWEN_VISION_TOKENS
+]
 
 
 def chat_template(image: str = IMAGE_TOKEN, video: str = "") -> str:
@@ -75,16 +78,9 @@ def build_tiny_llama(out_dir: str | Path, tokenizer, hidden_size: int = 64, num_
     return Path(out_dir)
 
 
-def build_tiny_llava(out_dir: str | Path, tokenizer, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def _tiny_clip_llama(tokenizer, image_size: int, patch_size: int):  # -> (CLIPVisionConfig, LlamaConfig)
+    """The vision tower and language model of the tiny LLaVA-class models."""
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -95,6 +91,21 @@ def build_tiny_llava(out_dir: str | Path, tokenizer, image_size: int = 32, patch
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    return vision, text
+
+
+def _save(model, processor, tokenizer, out_dir: str | Path) -> Path:
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_tiny_llava(out_dir: str | Path, tokenizer, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    vision, text = _tiny_clip_llama(tokenizer, image_size, patch_size)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -110,11 +121,45 @@ def build_tiny_llava(out_dir: str | Path, tokenizer, image_size: int = 32, patch
         vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return _save(LlavaForConditionalGeneration(config), processor, tokenizer, out_dir)
+
+
+def build_tiny_llava_next_video(
+    out_dir: str | Path, tokenizer, image_size: int = 32, patch_size: int = 8, seed: int = 0
+) -> Path:
+    """A LLaVA-NeXT-Video model: frames of a video are pooled 2x2 per frame; images go through anyres."""
+    import torch
+    from transformers import (
+        LlavaNextImageProcessor,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+    )
+    from transformers.models.llava_next_video.video_processing_llava_next_video import LlavaNextVideoVideoProcessor
+
+    vision, text = _tiny_clip_llama(tokenizer, image_size, patch_size)
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    patches = (image_size // patch_size) ** 2
+    config = LlavaNextVideoConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=patches,
+        video_seq_length=patches // 4,  # per frame, after the 2x2 average pooling
+    )
+    size = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(**size),
+        image_processor=LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, **size),
+        tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template(video=VIDEO_TOKEN),
+    )
+    torch.manual_seed(seed)
+    return _save(LlavaNextVideoForConditionalGeneration(config), processor, tokenizer, out_dir)
 
 
 def build_tiny_qwen2_vl(out_dir: str | Path, tokenizer, seed: int = 0) -> Path:
@@ -144,7 +189,4 @@ def build_tiny_qwen2_vl(out_dir: str | Path, tokenizer, seed: int = 0) -> Path:
         tokenizer=tokenizer, chat_template=template,
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return _save(Qwen2VLForConditionalGeneration(config), processor, tokenizer, out_dir)

@@ -18,13 +18,23 @@ class VLMConfig:
     model: str = ""  # HF id or local dir of an AutoModelForImageTextToText + AutoProcessor
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     device: str = "auto"
-    # images: frames as separate images (LLaVA-1.6, Qwen2-VL); video: one video input
-    # (LLaVA-NeXT-Video, Qwen2-VL video mode).
-    frames_as: Literal["images", "video"] = "images"
+    # auto: one video for models whose processor takes videos (LLaVA-NeXT-Video, Qwen2-VL),
+    # else one image per frame (LLaVA-1.6); images / video force one way.
+    frames_as: Literal["auto", "images", "video"] = "auto"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def build(self, prompt: PromptTemplate) -> VLMCaptioner:
         return VLMCaptioner(self, prompt)
+
+
+def frames_input(frames_as: str, processor: Any) -> Literal["images", "video"]:
+    """How the sampled frames of a clip go into the model: as one video, or as images."""
+    takes_video = getattr(processor, "video_processor", None) is not None
+    if frames_as == "auto":
+        return "video" if takes_video else "images"
+    if frames_as == "video" and not takes_video:
+        raise ValueError(f"{type(processor).__name__} takes no videos: set vlm.frames_as=images (or auto)")
+    return "video" if frames_as == "video" else "images"
 
 
 class VLMCaptioner:
@@ -37,6 +47,7 @@ class VLMCaptioner:
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         if not getattr(self.processor, "chat_template", None):
             raise ValueError(f"{cfg.model}: the processor has no chat template (vlm.model)")
+        self.frames_as = frames_input(cfg.frames_as, self.processor)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues on the right
         self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch_dtype(cfg.dtype))
         self.model.to(self.device).eval()
@@ -47,7 +58,7 @@ class VLMCaptioner:
         torch.manual_seed(cfg.generation.seed)
 
     def _messages(self, num_frames: int) -> list[dict[str, Any]]:
-        visual = [{"type": "video"}] if self.cfg.frames_as == "video" else [{"type": "image"}] * num_frames
+        visual = [{"type": "video"}] if self.frames_as == "video" else [{"type": "image"}] * num_frames
         messages: list[dict[str, Any]] = []
         if self.prompt.system:
             messages.append({"role": "system", "content": [{"type": "text", "text": self.prompt.system}]})
@@ -61,7 +72,7 @@ class VLMCaptioner:
             self.processor.apply_chat_template(self._messages(len(c)), add_generation_prompt=True, tokenize=False)
             for c in clips
         ]
-        visual = {"videos": clips} if self.cfg.frames_as == "video" else {"images": [list(c) for c in clips]}
+        visual = {"videos": clips} if self.frames_as == "video" else {"images": [list(c) for c in clips]}
         inputs = self.processor(text=texts, **visual, return_tensors="pt", padding=True).to(self.device)
         for key in [k for k in inputs if k.startswith("pixel_values")]:  # images and videos
             inputs[key] = inputs[key].to(self.model.dtype)
@@ -76,6 +87,13 @@ class VLMCaptioner:
         """One caption per clip (N x H x W x 3 frames); a failing clip gets an error, not an exception."""
         if not clips:
             return []
+        if self.frames_as == "video" and len({len(c) for c in clips}) > 1:
+            # Videos of different lengths do not stack into one tensor: one batch per frame count.
+            by_count: dict[int, list[int]] = {}
+            for i, clip in enumerate(clips):
+                by_count.setdefault(len(clip), []).append(i)
+            done = {i: cap for ids in by_count.values() for i, cap in zip(ids, self.caption([clips[i] for i in ids]))}
+            return [done[i] for i in range(len(clips))]
         if any(len(c) == 0 for c in clips):
             ok = [i for i, c in enumerate(clips) if len(c)]
             captions = dict(zip(ok, self.caption([clips[i] for i in ok])))
