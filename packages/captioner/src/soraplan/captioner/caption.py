@@ -16,19 +16,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
+from soraplan.captioner.frames import PROBED_COLUMNS, FrameSamplingConfig, decode_clip, unpack_frames
 from soraplan.captioner.hub import ModelSourceError, require_pretrained
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
-from soraplan.curation.ray_session import init_ray
 from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
+from soraplan.captioner.vllm_backend import VLLMSettings
 from soraplan.captioner.vlm import VLMConfig
+from soraplan.curation.ray_session import init_ray
 from soraplan.curation.config import ConfigError, dump_yaml, load_config
 from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
-# Input columns a decode task fills in when the input lacks them (a plain directory of clips).
-_PROBED_COLUMNS = ["end_s", "width", "height", "fps"]
 
 
 @dataclass
@@ -39,32 +38,14 @@ class CaptionJobConfig:
     frames: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
-    actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # with vllm: batch_size, concurrency
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)  # backend=vllm only
     # Must differ from the actors' resources (it does whenever they take a GPU): with equal
     # resources Ray fuses decoding into the model actors, serialising the two.
     decode_num_cpus: float = 0.5
     part_rows: int = 64  # results per resume part
     limit: int | None = None  # caption at most this many pending clips (smoke runs)
     ray_address: str | None = None  # None: start a local Ray on loopback
-
-
-def decode_clip(row: dict[str, Any], frames_cfg: FrameSamplingConfig) -> dict[str, Any]:
-    """Ray task: one clip row -> its sampled frames as raw bytes (or an error)."""
-    # `decoded` flags success: all-null string columns do not survive Ray's batching as None.
-    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decoded": False, "decode_error": ""}
-    try:
-        clip = clip_frames(row, frames_cfg)
-    except Exception as exc:  # undecodable clip -> error row, never a failed job
-        out["decode_error"] = f"decode failed: {exc.__class__.__name__}: {exc}"
-        out.update({c: None for c in _PROBED_COLUMNS})
-        return out
-    out.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape), decoded=True)
-    out.update(end_s=clip.end_s, width=clip.width, height=clip.height, fps=clip.fps)
-    return out
-
-
-def unpack_frames(data: bytes, shape: Any) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape([int(s) for s in shape])
 
 
 class CaptionStage:
@@ -85,7 +66,7 @@ class CaptionStage:
         errors: list[str | None] = [None if ok else err for ok, err in zip(batch["decoded"], batch["decode_error"])]
         for i, cap in zip(good, captions):
             texts[i], tokens[i], errors[i] = cap.text, cap.num_tokens, cap.error
-        result = {c: batch[c] for c in ["clip_id", *_PROBED_COLUMNS]}
+        result = {c: batch[c] for c in ["clip_id", *PROBED_COLUMNS]}
         result.update(
             vlm_caption=np.array(texts, dtype=object),
             caption_model=np.array([self.vlm_cfg.model] * n, dtype=object),
@@ -132,7 +113,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         if cfg.backend == "vllm":
             from soraplan.captioner.vllm_backend import caption_with_vllm
 
-            ds = caption_with_vllm(ds, cfg.vlm, prompt, cfg.actors)
+            ds = caption_with_vllm(ds, cfg.vlm, cfg.vllm, prompt, cfg.actors, cfg.frames.most_frames())
         else:
             ds = ds.map_batches(
                 CaptionStage,

@@ -1,4 +1,5 @@
-"""Which frames of a clip the captioner looks at, decoded with the shared PyAV decoder."""
+"""Which frames of a clip the captioner looks at, decoded with the shared PyAV decoder, and how
+they travel from the decode tasks to the model stage (raw bytes in a row)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ class FrameSamplingConfig:
             n = max(1, min(n, self.max_frames))
             fractions = [(i + 0.5) / n for i in range(n)]
         return [start_s + f * duration for f in fractions]
+
+    def most_frames(self) -> int:
+        """The most frames `times` gives for any clip."""
+        if self.mode == "keyframes":
+            return len(self.positions)
+        return max(1, min(self.num_frames, self.max_frames)) if self.mode == "uniform" else self.max_frames
 
 
 @dataclass(frozen=True)
@@ -69,3 +76,26 @@ def clip_frames(row: dict[str, Any], cfg: FrameSamplingConfig) -> ClipFrames:
     frames, times = sample_frames(row["path"], cfg.times(start, end), size=size)
     frames = frames[:, round(y0 * scale) : round(y1 * scale), round(x0 * scale) : round(x1 * scale)]
     return ClipFrames(np.ascontiguousarray(frames), times, start, end, width, height, float(fps or 0.0))
+
+
+# Input columns a decode task fills in when the input lacks them (a plain directory of clips).
+PROBED_COLUMNS = ["end_s", "width", "height", "fps"]
+
+
+def decode_clip(row: dict[str, Any], frames_cfg: FrameSamplingConfig) -> dict[str, Any]:
+    """Ray task: one clip row -> its sampled frames as raw bytes (or an error)."""
+    # `decoded` flags success: all-null string columns do not survive Ray's batching as None.
+    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decoded": False, "decode_error": ""}
+    try:
+        clip = clip_frames(row, frames_cfg)
+    except Exception as exc:  # undecodable clip -> error row, never a failed job
+        out["decode_error"] = f"decode failed: {exc.__class__.__name__}: {exc}"
+        out.update({c: None for c in PROBED_COLUMNS})
+        return out
+    out.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape), decoded=True)
+    out.update(end_s=clip.end_s, width=clip.width, height=clip.height, fps=clip.fps)
+    return out
+
+
+def unpack_frames(data: bytes, shape: Any) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape([int(s) for s in shape])

@@ -1,72 +1,163 @@
-"""Optional vLLM backend through `ray.data.llm`, for GPU clusters (needs `pip install vllm`)."""
+"""Optional vLLM backend through `ray.data.llm`, for GPU clusters.
+
+The processor Ray builds runs `to_request` (ours) -> PrepareMultimodal -> ChatTemplate -> Tokenize
+-> vLLM engine -> Detokenize, then `to_result` (ours) makes the same result columns as the
+transformers CaptionStage. Only the engine stages need vllm and a GPU; everything here is plain
+functions on rows and configs.
+"""
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import importlib.util
+import io
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from soraplan.captioner.frames import PROBED_COLUMNS, unpack_frames
+from soraplan.captioner.generation import GenerationConfig
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptTemplate
-from soraplan.captioner.vlm import VLMConfig
+from soraplan.captioner.vlm import VLMConfig, frames_input
 
 if TYPE_CHECKING:
+    import numpy as np
     import ray.data
+    from ray.data.llm import Processor, vLLMEngineProcessorConfig
 
     from soraplan.captioner.shards import ActorPoolConfig
+
+# Ray's processor stages skip rows whose `__inference_error__` is set (a failed engine call, or a
+# clip that did not decode) and hand them on unchanged, past the postprocess step.
+ERROR_KEY = "__inference_error__"
+
+
+@dataclass
+class VLLMSettings:
+    """Engine settings for backend=vllm; model, dtype and generation come from `vlm.*`, the batch
+    size and the number of engines from `actors.batch_size` and `actors.concurrency`."""
+
+    accelerator_type: str | None = None  # Ray accelerator type of the engine GPUs, e.g. "A100", "H100"
+    # vLLM engine arguments (max_model_len, tensor_parallel_size, gpu_memory_utilization, ...);
+    # they override the dtype and limit_mm_per_prompt derived from the rest of the config.
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
+        ray_version = importlib.metadata.version("ray")
         raise ImportError(
-            "backend=vllm needs the vllm package (GPU only): `uv pip install vllm`, "
-            "or set backend=transformers"
+            "backend=vllm needs the `vllm` package, which is not installed. On a GPU node install "
+            f"Ray's LLM extra (it pins the vLLM that ray.data.llm is tested with): "
+            f"`uv pip install 'ray[llm]=={ray_version}'`; or set backend=transformers"
         )
 
 
-def caption_with_vllm(
-    ds: ray.data.Dataset, vlm: VLMConfig, prompt: PromptTemplate, actors: ActorPoolConfig
-) -> ray.data.Dataset:
-    """Decoded-frame rows -> the same result columns the transformers CaptionStage writes."""
-    require_vllm()
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+def sampling_params(gen: GenerationConfig) -> dict[str, Any]:
+    """vLLM SamplingParams for our generation settings (temperature 0 is greedy in vLLM)."""
+    return {
+        "max_tokens": gen.max_new_tokens,
+        "temperature": gen.temperature if gen.do_sample else 0.0,
+        "top_p": gen.top_p if gen.do_sample else 1.0,
+        "repetition_penalty": gen.repetition_penalty,
+        "seed": gen.seed,
+    }
 
-    from soraplan.captioner.caption import unpack_frames
 
-    gen = vlm.generation
-    sampling = {"max_tokens": gen.max_new_tokens, "temperature": gen.temperature if gen.do_sample else 0.0,
-                "top_p": gen.top_p if gen.do_sample else 1.0, "repetition_penalty": gen.repetition_penalty}
+def engine_config(
+    vlm: VLMConfig, settings: VLLMSettings, actors: ActorPoolConfig, frames_as: str, most_frames: int
+) -> vLLMEngineProcessorConfig:
+    from ray.data.llm import vLLMEngineProcessorConfig
 
-    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        from PIL import Image
-
-        frames = unpack_frames(row["frames"], row["frames_shape"]) if row["decoded"] else []
-        # A clip that failed to decode still goes through (one black pixel) so no row is lost;
-        # its decode error is kept and the caption is discarded in postprocess.
-        images = [Image.fromarray(f) for f in frames] or [Image.new("RGB", (1, 1))]
-        content = [{"type": "image", "image": im} for im in images]
-        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages.append({"role": "user", "content": [*content, {"type": "text", "text": prompt.user_text()}]})
-        keep = {k: row[k] for k in ("clip_id", "decoded", "decode_error", "end_s", "width", "height", "fps")}
-        return {**keep, "messages": messages, "sampling_params": sampling}
-
-    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-        error = (None if row["decoded"] else row["decode_error"]) or row.get("__inference_error__") or None
-        return {
-            **{k: row[k] for k in ("clip_id", "end_s", "width", "height", "fps")},
-            "vlm_caption": None if error else clean_caption(row["generated_text"]),
-            "caption_model": vlm.model,
-            "caption_prompt": prompt.id,
-            "caption_error": error,
-            "caption_tokens": 0 if error else int(row.get("num_generated_tokens") or 0),
-            "caption_seconds": 0.0,
-        }
-
-    config = vLLMEngineProcessorConfig(
+    # vLLM reserves room for a fixed number of images or videos per prompt, and checks it when
+    # parsing the messages too.
+    limits = {"video": 1} if frames_as == "video" else {"image": most_frames}
+    engine_kwargs = {"dtype": vlm.dtype, "limit_mm_per_prompt": limits, **settings.engine_kwargs}
+    return vLLMEngineProcessorConfig(
         model_source=vlm.model,
         batch_size=actors.batch_size,
         concurrency=actors.concurrency,
-        prepare_multimodal_stage=True,
-        should_continue_on_error=True,
-        engine_kwargs={"dtype": vlm.dtype},
+        accelerator_type=settings.accelerator_type,
+        engine_kwargs=engine_kwargs,
+        prepare_multimodal_stage={
+            "enabled": True,
+            "model_config_kwargs": {"limit_mm_per_prompt": engine_kwargs["limit_mm_per_prompt"]},
+        },
+        should_continue_on_error=True,  # a failed generation becomes an error row
     )
-    return build_processor(config, preprocess=preprocess, postprocess=postprocess)(ds)
+
+
+def _jpeg_base64(frame: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def to_request(row: dict[str, Any], prompt: PromptTemplate, frames_as: str, sampling: dict[str, Any]) -> dict[str, Any]:
+    """A decoded clip row -> OpenAI-style chat messages with its frames, and sampling params."""
+    text = {"type": "text", "text": prompt.user_text()}
+    visual: list[dict[str, Any]] = []
+    if row["decoded"]:
+        frames = [_jpeg_base64(f) for f in unpack_frames(row["frames"], row["frames_shape"])]
+        if frames_as == "video":
+            # vLLM reads a video/jpeg data URL as the comma-separated list of its frames.
+            visual = [{"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(frames)}}]
+        else:
+            visual = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + f}} for f in frames]
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    messages.append({"role": "user", "content": [*visual, text]})
+    return {
+        "messages": messages,
+        "sampling_params": sampling,
+        # Ray carries every input column along: drop the raw frames, the messages have them.
+        "frames": b"",
+        # An undecoded clip skips every stage as an error row and keeps its decode error.
+        ERROR_KEY: "" if row["decoded"] else row["decode_error"],
+    }
+
+
+def to_result(row: dict[str, Any], model: str, prompt_id: str) -> dict[str, Any]:
+    """A processed row (generated, failed, or undecoded) -> the caption job's result columns."""
+    if not row["decoded"]:
+        error = row["decode_error"]
+    else:
+        error = f"generation failed: {row[ERROR_KEY]}" if row.get(ERROR_KEY) else None
+    return {
+        **{c: row[c] for c in ["clip_id", *PROBED_COLUMNS]},
+        "vlm_caption": None if error else clean_caption(row["generated_text"]),
+        "caption_model": model,
+        "caption_prompt": prompt_id,
+        "caption_error": error,
+        "caption_tokens": 0 if error else int(row["num_generated_tokens"]),
+        # vLLM runs requests concurrently, so per-request latencies do not add up to model time.
+        "caption_seconds": 0.0,
+    }
+
+
+def vllm_processor(
+    vlm: VLMConfig, settings: VLLMSettings, prompt: PromptTemplate, actors: ActorPoolConfig, most_frames: int
+) -> Processor:
+    """The ray.data.llm processor (built lazily by Ray: nothing starts until a dataset runs)."""
+    from ray.data.llm import build_processor
+    from transformers import AutoProcessor
+
+    # The model's own processor says whether it takes a video (as in the transformers backend).
+    frames_as = frames_input(vlm.frames_as, AutoProcessor.from_pretrained(vlm.model))
+    config = engine_config(vlm, settings, actors, frames_as, most_frames)
+    preprocess = partial(to_request, prompt=prompt, frames_as=frames_as, sampling=sampling_params(vlm.generation))
+    return build_processor(config, preprocess=preprocess)
+
+
+def caption_with_vllm(
+    ds: ray.data.Dataset, vlm: VLMConfig, settings: VLLMSettings, prompt: PromptTemplate,
+    actors: ActorPoolConfig, most_frames: int,
+) -> ray.data.Dataset:
+    """Decoded-frame rows -> the same result columns the transformers CaptionStage writes."""
+    require_vllm()
+    rows = vllm_processor(vlm, settings, prompt, actors, most_frames)(ds)
+    # Error rows bypass a processor's postprocess, so the results are made in a map after it.
+    return rows.map(to_result, fn_kwargs={"model": vlm.model, "prompt_id": prompt.id})
