@@ -15,20 +15,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from soraplan.curation.resources import Resources
 from soraplan.curation.weights import offline, weights_dir
 
 # Where the LAION head is published (a GitHub file, not on a model hub).
 LAION_MLP_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                  "sac+logos+ava1-l14-linearMSE.pth")
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one scorer instance needs; the Ray actor pool reserves it per actor."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
 
 
 @dataclass
@@ -87,7 +80,9 @@ class AestheticScorer:
     """CLIP + LAION MLP on RGB frames, batched; one instance per Ray actor."""
 
     name = "aesthetic"
-    resources = Resources(cpus=1.0, gpus=0.0)  # a GPU when the pool has one: fp16 there
+    # fp16 on a GPU when the cluster has one: ViT-L/14 then holds about 0.9 GB and scores a few
+    # frames per segment, so two actors share a GPU.
+    resources = Resources(cpus=1.0, gpus=0.5)
 
     def __init__(self, cfg: AestheticConfig) -> None:
         self.cfg = cfg

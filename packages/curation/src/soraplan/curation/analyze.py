@@ -19,11 +19,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from soraplan.curation.aesthetic import AestheticConfig, pick_frames
+from soraplan.curation.aesthetic import AestheticConfig, AestheticScorer, pick_frames
 from soraplan.curation.cuts import CutsConfig, SceneCutDetector, merge_cuts, robust_outliers, split_segments
 from soraplan.curation.inputs import InputClip
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
+from soraplan.curation.resources import Resources, sequential
 from soraplan.curation.schema import (
     REASON_CHAOTIC,
     REASON_LOW_AESTHETIC,
@@ -47,6 +48,19 @@ class AnalyzeConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+
+    def stage_classes(self) -> list[type]:
+        """The classes of the enabled stages, in the order they run (none is built here)."""
+        stages: list[type] = [SceneCutDetector, self.motion.stage_class()]
+        if self.ocr.enabled:
+            stages.append(self.ocr.stage_class())
+        if self.aesthetic.enabled:
+            stages.append(AestheticScorer)
+        return stages
+
+    def resources(self) -> Resources:
+        """The declared need of one analyzer, which runs its stages one after another."""
+        return sequential(stage.resources for stage in self.stage_classes())
 
 
 class StageError(RuntimeError):

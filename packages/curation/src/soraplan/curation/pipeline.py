@@ -23,18 +23,21 @@ from soraplan.curation.config import dump_yaml
 from soraplan.curation.inputs import InputClip, read_inputs
 from soraplan.curation.motion import set_threads
 from soraplan.curation.ray_session import init_ray
+from soraplan.curation.resources import Resources
 from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files, write_table_atomic
 from soraplan.curation.summary import summarize
 
 log = logging.getLogger(__name__)
+
+WRITE_TASK_CPUS = 0.1  # what each Parquet write task reserves
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: start a local Ray on the spot; "auto": join a cluster
     concurrency: int = 2  # analyzer actors
-    num_cpus: float = 0.9  # per actor; below 1 so write tasks still find a CPU on small nodes
-    num_gpus: float = 0.0  # per actor (model scorers run on it when > 0)
+    num_cpus: float | None = None  # per actor; None: from the enabled stages' declared needs
+    num_gpus: float | None = None  # per actor; None: the stages' GPU share, if the cluster has GPUs
     batch_size: int = 1  # input clips per actor call
     rows_per_file: int = 256  # rows gathered before a shard file is written
     local_num_cpus: int | None = None  # CPUs of the local instance (default: all)
@@ -71,6 +74,24 @@ class _RayClipAnalyzer(ClipAnalyzer):
     def __init__(self, cfg: AnalyzeConfig, num_cpus: float) -> None:
         set_threads(num_cpus)
         super().__init__(cfg)
+
+
+def actor_resources(cfg: CurateConfig, cluster_gpus: float) -> Resources:
+    """What each analyzer actor reserves: `ray.num_cpus`/`ray.num_gpus` when the config sets
+    them, else the declared need of the enabled stages (`AnalyzeConfig.resources`).
+
+    A derived CPU request stays one write task's share under the need: with whole-CPU actors
+    on every core of a node, the read and write tasks never get a CPU and the job hangs. GPU
+    shares are requested only from a cluster that has GPUs; elsewhere the stages run on CPU.
+    """
+    need = cfg.analyze.resources()
+    cpus = cfg.ray.num_cpus
+    if cpus is None:
+        cpus = max(need.cpus - WRITE_TASK_CPUS, WRITE_TASK_CPUS)
+    gpus = cfg.ray.num_gpus
+    if gpus is None:
+        gpus = need.gpus if cluster_gpus > 0 else 0.0
+    return Resources(cpus=cpus, gpus=gpus)
 
 
 def _drop_duplicate_rows(clips_dir: Path) -> None:
@@ -118,21 +139,23 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
 
 def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
     ray = init_ray(cfg.ray.address, cfg.ray.local_num_cpus)
+    actor = actor_resources(cfg, ray.cluster_resources().get("GPU", 0.0))
+    log.info("each of %d analyzer actors reserves %s CPU, %s GPU", cfg.ray.concurrency, actor.cpus, actor.gpus)
     items = [c.to_row() for c in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         _RayClipAnalyzer,
-        fn_constructor_kwargs={"cfg": cfg.analyze, "num_cpus": cfg.ray.num_cpus},
+        fn_constructor_kwargs={"cfg": cfg.analyze, "num_cpus": actor.cpus},
         batch_size=cfg.ray.batch_size,
         # Ray Data restarts a dead actor and retries its tasks, so a killed worker loses no rows.
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency),
-        num_cpus=cfg.ray.num_cpus,
-        num_gpus=cfg.ray.num_gpus or None,
+        num_cpus=actor.cpus,
+        num_gpus=actor.gpus or None,
         batch_format="numpy",
     )
     ds.write_parquet(
         str(clips_dir),
         schema=CLIP_SCHEMA,
         min_rows_per_file=cfg.ray.rows_per_file,
-        ray_remote_args={"num_cpus": 0.1},
+        ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
     )
