@@ -95,9 +95,9 @@ class PaddleTextDetector(TextDetector):
             from paddleocr import TextDetection
         except ImportError as exc:
             raise ImportError(
-                "ocr.backend=paddle needs PaddleOCR, the optional `paddle` extra, which is kept out of "
-                "the shared lock (it pins numpy and a second OpenCV): `pip install paddleocr paddlepaddle` "
-                "in a separate environment, or use ocr.backend=rapidocr (same PP-OCR models, in its wheel)."
+                "ocr.backend=paddle needs PaddleOCR, the optional `paddle` extra, in an environment of its "
+                "own (it pins numpy and a second OpenCV): `uv sync --package soraplan-curation --extra "
+                "paddle`, or use ocr.backend=rapidocr (same PP-OCR models, in its wheel)."
             ) from exc
         self.cfg = cfg
         self.engine = TextDetection(model_name=cfg.paddle_model, model_dir=cfg.paddle_model_dir,
