@@ -2,7 +2,6 @@
 builds from them (not run: its engine needs vllm and a GPU)."""
 
 import base64
-import importlib.metadata
 import importlib.util
 import io
 from functools import partial
@@ -180,5 +179,5 @@ def test_missing_vllm_fails_fast_naming_package_and_install(tmp_path):
         run(cfg)
     message = str(info.value)
     assert "`vllm` package" in message and "backend=transformers" in message
-    assert f"uv pip install 'ray[llm]=={importlib.metadata.version('ray')}'" in message
+    assert "`uv sync --package soraplan-captioner --extra vllm`" in message
     assert not (tmp_path / "out").exists()

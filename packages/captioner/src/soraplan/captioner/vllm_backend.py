@@ -9,7 +9,6 @@ functions on rows and configs.
 from __future__ import annotations
 
 import base64
-import importlib.metadata
 import importlib.util
 import io
 from dataclasses import dataclass, field
@@ -47,11 +46,10 @@ class VLLMSettings:
 
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
-        ray_version = importlib.metadata.version("ray")
         raise ImportError(
-            "backend=vllm needs the `vllm` package, which is not installed. On a GPU node install "
-            f"Ray's LLM extra (it pins the vLLM that ray.data.llm is tested with): "
-            f"`uv pip install 'ray[llm]=={ray_version}'`; or set backend=transformers"
+            "backend=vllm needs the `vllm` package, which is not installed. On a GPU node install the "
+            "captioner's vllm extra (Ray's LLM extra: the vLLM that ray.data.llm is tested with): "
+            "`uv sync --package soraplan-captioner --extra vllm`; or set backend=transformers"
         )
 
 
