@@ -25,6 +25,7 @@ from soraplan.captioner.vllm_backend import (
     vllm_processor,
 )
 from soraplan.captioner.vlm import VLMConfig
+from soraplan.curation.config import ConfigError
 from soraplan.curation.schema import read_clip_table
 
 from .conftest import CAPTION_PROMPTS
@@ -175,7 +176,7 @@ def test_missing_vllm_fails_fast_naming_package_and_install(tmp_path):
         pytest.skip("vllm is installed")
     cfg = CaptionJobConfig(input=str(tmp_path / "no_such_input"), out=str(tmp_path / "out"), backend="vllm")
     cfg.vlm.model = "org/any-vlm"
-    with pytest.raises(ImportError) as info:
+    with pytest.raises(ConfigError) as info:
         run(cfg)
     message = str(info.value)
     assert "`vllm` package" in message and "backend=transformers" in message

@@ -20,6 +20,7 @@ from soraplan.captioner.generation import GenerationConfig
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptTemplate
 from soraplan.captioner.vlm import VLMConfig, frames_input
+from soraplan.curation.config import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,7 +47,8 @@ class VLLMSettings:
 
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
-        raise ImportError(
+        # A ConfigError: the CLI prints it without a traceback, like every other setup mistake.
+        raise ConfigError(
             "backend=vllm needs the `vllm` package, which is not installed. On a GPU node install the "
             "captioner's vllm extra (Ray's LLM extra: the vLLM that ray.data.llm is tested with): "
             "`uv sync --package soraplan-captioner --extra vllm`; or set backend=transformers"
