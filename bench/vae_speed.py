@@ -69,7 +69,7 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
                 before = torch.cuda.memory_allocated()
             else:
                 before = _rss_peak_reset()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             out = fn(arg)
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -77,6 +77,8 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
             else:
                 peak = _vm("VmHWM") - before
             result[f"{phase}_s"] = time.perf_counter() - start
+            # CPU seconds of all threads: comparable between runs when other jobs share the cores
+            result[f"{phase}_cpu_s"] = time.process_time() - cpu_start
             result[f"{phase}_peak_gib"] = peak / 2**30
             if phase == "encode":
                 z = out
@@ -167,8 +169,15 @@ def main() -> None:
                     "chunked": r["chunked"],
                     **{
                         f"cogvideox_over_wfvae_{k}": base[k] / r[k]
-                        for k in ("encode_s", "decode_s", "encode_peak_gib", "decode_peak_gib")
-                        if r[k] > 0
+                        for k in (
+                            "encode_s",
+                            "decode_s",
+                            "encode_cpu_s",
+                            "decode_cpu_s",
+                            "encode_peak_gib",
+                            "decode_peak_gib",
+                        )
+                        if k in base and r.get(k, 0) > 0
                     },
                 }
             )
