@@ -2,7 +2,10 @@
 config), random weights, fp32, on this machine's CPU (or GPU if present). Prints JSON.
 
     uv run python bench/vae_speed.py                       # 33x256x256, wfvae-s, wfvae-l, cogvideox
-    uv run python bench/vae_speed.py --shapes 17x512x512 --models wfvae-s cogvideox
+    uv run python bench/vae_speed.py --shapes 17x512x512 --models wfvae-s cogvideox-tiled cogvideox
+
+`cogvideox-tiled` is the same model with diffusers' `enable_tiling()`. A run that dies (e.g. out of
+memory) is reported with the phase it died in and the figures of the phases before it.
 
 Each (model, shape) runs in a fresh process, with large allocations served by mmap so that
 freed memory leaves the resident set at once: peak = high-water mark of resident memory during
@@ -39,10 +42,12 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if model_name == "cogvideox":
+    if model_name.startswith("cogvideox"):
         from diffusers import AutoencoderKLCogVideoX
 
         vae = AutoencoderKLCogVideoX().eval().to(device)
+        if model_name == "cogvideox-tiled":
+            vae.enable_tiling()  # diffusers' own way to bound memory at high resolution
         chunks: dict[str, int | None] = {}
     else:
         from soraplan.model.vae import WFVAEConfig
@@ -84,6 +89,7 @@ def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str,
                 z = out
                 result["latent_shape"] = list(z.shape)
             del out
+            print(json.dumps(result), file=sys.stderr, flush=True)  # kept if a later phase dies
     return result
 
 
@@ -124,7 +130,8 @@ def main() -> None:
         t, h, w = (int(v) for v in shape.split("x"))
         assert h == w, "square inputs only"
         for name in args.models:
-            for chunked in [False, True] if args.chunked and name != "cogvideox" else [False]:
+            chunk_modes = [False, True] if args.chunked and name.startswith("wfvae") else [False]
+            for chunked in chunk_modes:
                 cmd = [
                     sys.executable,
                     __file__,
@@ -140,10 +147,12 @@ def main() -> None:
                 )
                 row = {"model": name, "shape": shape, "chunked": chunked}
                 if proc.returncode:
-                    row["error"] = (
-                        proc.stderr.strip().splitlines()[-1]
-                        if proc.stderr
-                        else f"exit {proc.returncode}"
+                    done = [ln for ln in proc.stderr.splitlines() if ln.startswith("{")]
+                    row.update(json.loads(done[-1]) if done else {})
+                    phase = "decode" if "encode_s" in row else "encode"
+                    killed = " (SIGKILL: out of memory?)" if proc.returncode == -9 else ""
+                    row["error"] = f"{phase} failed: exit {proc.returncode}{killed}: " + (
+                        proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
                     )
                 else:
                     row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -155,16 +164,22 @@ def main() -> None:
             (
                 r
                 for r in runs
-                if r["model"] == "cogvideox" and r["shape"] == shape and "error" not in r
+                if r["model"].startswith("cogvideox") and r["shape"] == shape and "error" not in r
             ),
             None,
         )
         for r in runs:
-            if base is None or r["model"] == "cogvideox" or r["shape"] != shape or "error" in r:
+            if (
+                base is None
+                or r["model"].startswith("cogvideox")
+                or r["shape"] != shape
+                or "error" in r
+            ):
                 continue
             ratios.append(
                 {
                     "model": r["model"],
+                    "baseline": base["model"],
                     "shape": shape,
                     "chunked": r["chunked"],
                     **{
