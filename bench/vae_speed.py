@@ -147,13 +147,13 @@ def main() -> None:
                 )
                 row = {"model": name, "shape": shape, "chunked": chunked}
                 if proc.returncode:
-                    done = [ln for ln in proc.stderr.splitlines() if ln.startswith("{")]
+                    lines = proc.stderr.strip().splitlines()
+                    done = [ln for ln in lines if ln.startswith("{")]
                     row.update(json.loads(done[-1]) if done else {})
                     phase = "decode" if "encode_s" in row else "encode"
                     killed = " (SIGKILL: out of memory?)" if proc.returncode == -9 else ""
-                    row["error"] = f"{phase} failed: exit {proc.returncode}{killed}: " + (
-                        proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-                    )
+                    last_message = next((ln for ln in reversed(lines) if not ln.startswith("{")), "")
+                    row["error"] = f"{phase} failed: exit {proc.returncode}{killed}: {last_message}"
                 else:
                     row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
                 runs.append(row)

@@ -99,12 +99,11 @@ def _drop_duplicate_rows(clips_dir: Path) -> None:
     folder; the older file keeps the row and the newer one is rewritten atomically without it."""
     seen: set[str] = set()
     for path in sorted(shard_files(clips_dir), key=lambda p: p.stat().st_mtime):
-        table = pq.read_table(path)
-        ids = table["clip_id"].to_pylist()
+        ids = pq.read_table(path, columns=["clip_id"])["clip_id"].to_pylist()  # ids only: cheap
         keep = [clip_id not in seen for clip_id in ids]
         seen.update(ids)
         if not all(keep):
-            write_table_atomic(table.filter(pa.array(keep)), path)
+            write_table_atomic(pq.read_table(path).filter(pa.array(keep)), path)
 
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
