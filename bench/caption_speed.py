@@ -24,8 +24,8 @@ from soraplan.captioner.caption import CaptionJobConfig, run
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.tiny import build_tiny_llava, train_tokenizer
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.curation.ray_session import init_ray
-from soraplan.curation.video import write_video
+from soraplan.core.ray_session import init_ray
+from soraplan.core.video import write_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _devset import DEVSET  # noqa: E402

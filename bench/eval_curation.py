@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from _devset import devset_dir, labels
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.curation.pipeline import CurateConfig, run
-from soraplan.curation.schema import read_clip_table
-from soraplan.curation.video import iter_frames
+from soraplan.core.schema import read_clip_table
+from soraplan.core.video import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 MATCH_FRAMES = 2

@@ -35,12 +35,12 @@ from _random_weights import RANDOM_AESTHETIC, save_random_aesthetic
 from soraplan.curation import analyze
 from soraplan.curation.analyze import ClipAnalyzer
 from soraplan.curation.cli import weights_only_from
-from soraplan.curation.config import load_config
-from soraplan.curation.inputs import read_inputs
+from soraplan.core.config import load_config
+from soraplan.core.inputs import read_inputs
 from soraplan.curation.pipeline import CurateConfig, actor_resources, run
-from soraplan.curation.ray_session import init_ray
-from soraplan.curation.schema import read_clip_table
-from soraplan.curation.video import fit_short_side, iter_frames, probe
+from soraplan.core.ray_session import init_ray
+from soraplan.core.schema import read_clip_table
+from soraplan.core.video import fit_short_side, iter_frames, probe
 from soraplan.curation.weights import LPIPS_ALEXNET_FILE, ensure_lpips_alexnet, weights_dir
 
 REPO = Path(__file__).resolve().parents[1]

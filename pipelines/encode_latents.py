@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-from soraplan.curation.config import load_config
-from soraplan.curation.ray_session import init_ray
-from soraplan.curation.schema import STATUS_KEPT, read_clip_table
+from soraplan.core.config import load_config
+from soraplan.core.ray_session import init_ray
+from soraplan.core.schema import STATUS_KEPT, read_clip_table
 from soraplan.model.dit.data import write_index
 from soraplan.model.dit.encode import EncodeConfig, LatentEncoder
 

@@ -7,7 +7,7 @@
 
 import argparse
 
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.model.dit.training import TrainConfig, train
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.model.vae.train import Trainer, TrainVAEConfig
 
 

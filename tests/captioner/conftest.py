@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from soraplan.curation.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, rows_to_table, write_table_atomic
-from soraplan.curation.video import write_video
+from soraplan.core.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, rows_to_table, write_table_atomic
+from soraplan.core.video import write_video
 
 # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU OpenMP's spinning
 # threads made them 10x slower.
@@ -86,7 +86,7 @@ def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    from soraplan.curation.ray_session import init_ray
+    from soraplan.core.ray_session import init_ray
 
     init_ray(None, num_cpus=2)  # loopback only, no dashboard
     import ray

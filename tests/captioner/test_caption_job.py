@@ -8,9 +8,9 @@ from soraplan.captioner.frames import FrameSamplingConfig, clip_frames
 from soraplan.captioner.hub import ModelSourceError
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.curation.config import load_config
-from soraplan.curation.schema import read_clip_table
-from soraplan.curation.video import VideoDecodeError
+from soraplan.core.config import load_config
+from soraplan.core.schema import read_clip_table
+from soraplan.core.video import VideoDecodeError
 
 from .conftest import CAPTION_PROMPTS, REPO
 

@@ -209,7 +209,7 @@ def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
 def test_rewrite_text_file_and_shards(trained, tiny_llama_dir, ray_session, tmp_path):
     from soraplan.captioner.refine.cli import main
     from soraplan.captioner.refine.rewrite import RefinerConfig, RewriteJobConfig, run_rewrite
-    from soraplan.curation.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, read_clip_table, rows_to_table, schema_with, CAPTION_FIELDS, write_table_atomic
+    from soraplan.core.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, read_clip_table, rows_to_table, schema_with, CAPTION_FIELDS, write_table_atomic
 
     cfg, _ = trained
     shorts = ["a dog runs on the beach", "an old man walks in a park", "a horse waits by a lake"]

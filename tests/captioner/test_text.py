@@ -64,7 +64,7 @@ def test_shipped_configs_load():
     from soraplan.captioner.refine.merge import MergeConfig
     from soraplan.captioner.refine.rewrite import RewriteJobConfig
     from soraplan.captioner.refine.train import RefineTrainConfig
-    from soraplan.curation.config import load_config
+    from soraplan.core.config import load_config
 
     from .conftest import REPO
 

@@ -25,8 +25,8 @@ from soraplan.captioner.vllm_backend import (
     vllm_processor,
 )
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.curation.config import ConfigError
-from soraplan.curation.schema import read_clip_table
+from soraplan.core.config import ConfigError
+from soraplan.core.schema import read_clip_table
 
 from .conftest import CAPTION_PROMPTS
 

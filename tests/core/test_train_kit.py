@@ -82,7 +82,7 @@ class RegressionTrainer(Trainer):
 
 def train(out, steps, **extra):
     items = {"output_dir": str(out), "steps": steps, "checkpoint.every": 3, "log_every": 2,
-             "optimizer.lr": 0.05, "cpu_threads": 1, "ema.decay": 0.9, **extra}
+             "optimizer.lr": 0.3, "cpu_threads": 1, "ema.decay": 0.9, **extra}
     cfg = load_config(TrainerConfig, None, [f"{k}={v}" for k, v in items.items()])
     trainer = RegressionTrainer(cfg)
     trainer.fit()

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from soraplan.curation.synthetic import make_video
+from soraplan.core.testing.media import make_video
 
 
 def write_vfr_video(path: Path, frame_gaps_ms: list[int], size: int = 96) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from soraplan.curation.aesthetic import AestheticConfig, laion_mlp, pick_frames
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.curation.inputs import InputClip
+from soraplan.core.inputs import InputClip
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
 
@@ -109,7 +109,7 @@ def test_scores_flow_into_the_shards_and_the_funnel(tiny_weights, media, tmp_pat
     import ray
 
     from soraplan.curation.pipeline import CurateConfig, RayConfig, run
-    from soraplan.curation.schema import read_clip_table
+    from soraplan.core.schema import read_clip_table
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -8,10 +8,10 @@ import pytest
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.cuts import CutsConfig, merge_cuts, robust_outliers, split_segments
-from soraplan.curation.inputs import InputClip
+from soraplan.core.inputs import InputClip
 from soraplan.curation.ocr import OcrConfig, crop_box, judge_boxes
-from soraplan.curation.synthetic import scene_texture
-from soraplan.curation.video import write_video
+from soraplan.core.testing.media import scene_texture
+from soraplan.core.video import write_video
 
 
 @pytest.fixture(scope="module")

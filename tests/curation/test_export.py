@@ -7,7 +7,7 @@ import pytest
 
 from soraplan.curation.cli import main
 from soraplan.curation.export import OPENSORA_COLUMNS
-from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
+from soraplan.core.schema import empty_clip_row, rows_to_table, write_table_atomic
 
 
 def clip_row(i: int, status: str = "kept", **values) -> dict:
@@ -65,7 +65,7 @@ def test_opensora_csv_round_trip(out, tmp_path):
 
 
 def test_captioner_columns_win_over_the_manifest_caption(tmp_path):
-    from soraplan.curation.schema import CAPTION_FIELDS, REFINED_CAPTION_FIELDS, schema_with
+    from soraplan.core.schema import CAPTION_FIELDS, REFINED_CAPTION_FIELDS, schema_with
 
     row = clip_row(0, vlm_caption="vlm", refined_caption="refined")
     table = rows_to_table([row], schema_with(CAPTION_FIELDS, REFINED_CAPTION_FIELDS))

@@ -2,7 +2,7 @@ import csv as _csv
 
 import pytest
 
-from soraplan.curation.inputs import parse_timestamp, read_inputs, read_panda70m_csv, read_video_dir, span_id
+from soraplan.core.inputs import parse_timestamp, read_inputs, read_panda70m_csv, read_video_dir, span_id
 
 HEADER = "videoID,url,timestamp,caption,matching_score,desirable_filtering,shot_boundary_detection\n"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.curation.inputs import InputClip
+from soraplan.core.inputs import InputClip
 from soraplan.curation.motion import ALEXNET_FILE, MotionConfig
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.curation.pipeline import CurateConfig, run
-from soraplan.curation.schema import read_clip_table
+from soraplan.core.schema import read_clip_table
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ from PIL import Image
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.cli import main
-from soraplan.curation.inputs import InputClip
+from soraplan.core.inputs import InputClip
 from soraplan.curation.pipeline import CurateConfig
-from soraplan.curation.schema import rows_to_table, write_table_atomic
+from soraplan.core.schema import rows_to_table, write_table_atomic
 from soraplan.curation.summary import summarize
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from soraplan.curation.aesthetic import AestheticScorer
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.curation.cuts import SceneCutDetector
 from soraplan.curation.motion import FlowMotion, LpipsMotion
 from soraplan.curation.ocr import TextDetector

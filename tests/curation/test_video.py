@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from soraplan.curation.video import VideoDecodeError, iter_frames, probe, sample_frames, write_video
+from soraplan.core.video import VideoDecodeError, iter_frames, probe, sample_frames, write_video
 
 
 def test_probe_reports_size_fps_and_frames(media):

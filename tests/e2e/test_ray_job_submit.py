@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from soraplan.curation.schema import read_clip_table
+from soraplan.core.schema import read_clip_table
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))

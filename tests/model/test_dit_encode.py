@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
-from soraplan.curation.video import write_video
+from soraplan.core.schema import empty_clip_row, rows_to_table, write_table_atomic
+from soraplan.core.video import write_video
 from soraplan.model.dit.buckets import BucketConfig, latent_shape
 from soraplan.model.dit.data import LatentDataset, write_index
 from soraplan.model.dit.encode import ClipDataset, EncodeConfig, LatentEncoder, clip_frames

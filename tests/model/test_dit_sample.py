@@ -1,6 +1,6 @@
 import pytest
 import torch
-from soraplan.curation.video import probe
+from soraplan.core.video import probe
 from soraplan.model.common.checkpoint import atomic_write_text
 from soraplan.model.dit.model import SkiparseDiT
 from soraplan.model.dit.text import save_tiny_t5

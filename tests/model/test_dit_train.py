@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from soraplan.curation.config import load_config
+from soraplan.core.config import load_config
 from soraplan.model.dit.data import LatentDataset, write_synthetic_latents
 from soraplan.model.dit.model import SkiparseDiT
 from soraplan.model.dit.training import EMA_DIR, EMA_WEIGHTS, TrainConfig, train

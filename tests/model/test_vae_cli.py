@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soraplan.curation.video import probe, write_video
+from soraplan.core.video import probe, write_video
 from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
 from soraplan.model.vae.cli import load_video, main
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8

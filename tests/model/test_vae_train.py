@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from soraplan.curation.schema import empty_clip_row, rows_to_table, write_table_atomic
-from soraplan.curation.video import write_video
+from soraplan.core.schema import empty_clip_row, rows_to_table, write_table_atomic
+from soraplan.core.video import write_video
 from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
 from soraplan.model.vae.data import VAEDataConfig
 from soraplan.model.vae.losses import PatchDiscriminator3D, VAELoss, VAELossConfig, load_lpips
@@ -213,7 +213,7 @@ def train_config(out: Path, curated: Path, max_steps: int) -> list[str]:
 def run_trainer(
     overrides: list[str],
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    from soraplan.curation.config import load_config
+    from soraplan.core.config import load_config
     from soraplan.model.vae.train import Trainer, TrainVAEConfig
 
     trainer = Trainer(load_config(TrainVAEConfig, None, overrides))

@@ -22,9 +22,9 @@ from soraplan.captioner.prompts import PromptConfig, PromptTemplate
 from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
 from soraplan.captioner.vllm_backend import VLLMSettings
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.curation.config import ConfigError, dump_yaml, load_config
-from soraplan.curation.ray_session import init_ray
-from soraplan.curation.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
+from soraplan.core.config import ConfigError, dump_yaml, load_config
+from soraplan.core.ray_session import init_ray
+from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]

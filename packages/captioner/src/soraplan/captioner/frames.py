@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from soraplan.curation.video import fit_short_side, probe, sample_frames
+from soraplan.core.video import fit_short_side, probe, sample_frames
 
 
 @dataclass

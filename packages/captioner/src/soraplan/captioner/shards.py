@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soraplan.curation.schema import (
+from soraplan.core.inputs import read_video_dir
+from soraplan.core.schema import (
     STATUS_KEPT,
     empty_clip_row,
     rows_to_table,
@@ -38,7 +39,6 @@ class ActorPoolConfig:
     num_cpus: float = 1.0
 
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
 PARTS_DIR = "parts"
 
 
@@ -52,13 +52,12 @@ def load_inputs(source: str | os.PathLike[str]) -> dict[str, pa.Table]:
             (str(f.relative_to(base)).replace(os.sep, "__") if root.is_dir() else f.name): pq.read_table(f)
             for f in files
         }
-    videos = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if root.is_dir() else []
-    if not videos:
+    clips = list(read_video_dir(root)) if root.is_dir() else []
+    if not clips:
         raise FileNotFoundError(f"no clip shards (*.parquet) or video files under {source} (--input)")
-    rows = []
-    for p in videos:
-        clip_id = str(p.relative_to(root).with_suffix(""))
-        rows.append(empty_clip_row(clip_id=clip_id, source_id=clip_id, path=str(p), status=STATUS_KEPT))
+    # A whole video file is one clip; its id is the input id, as curation gives it.
+    rows = [empty_clip_row(clip_id=c.source_id, source_id=c.source_id, path=c.path, start_s=0.0,
+                           status=STATUS_KEPT) for c in clips]
     return {"clips-00000.parquet": rows_to_table(rows)}
 
 

@@ -20,7 +20,7 @@ from soraplan.captioner.generation import GenerationConfig
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptTemplate
 from soraplan.captioner.vlm import VLMConfig, frames_input
-from soraplan.curation.config import ConfigError
+from soraplan.core.config import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np

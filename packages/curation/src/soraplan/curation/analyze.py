@@ -21,11 +21,11 @@ import pyarrow as pa
 
 from soraplan.curation.aesthetic import AestheticConfig, AestheticScorer, pick_frames
 from soraplan.curation.cuts import CutsConfig, SceneCutDetector, merge_cuts, robust_outliers, split_segments
-from soraplan.curation.inputs import InputClip
+from soraplan.core.inputs import InputClip
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
 from soraplan.curation.resources import Resources, sequential
-from soraplan.curation.schema import (
+from soraplan.core.schema import (
     REASON_CHAOTIC,
     REASON_LOW_AESTHETIC,
     REASON_STATIC,
@@ -37,7 +37,7 @@ from soraplan.curation.schema import (
     empty_clip_row,
     rows_to_table,
 )
-from soraplan.curation.video import VideoDecodeError, VideoInfo, fit_short_side, iter_frames, probe
+from soraplan.core.video import VideoDecodeError, VideoInfo, fit_short_side, iter_frames, probe
 
 
 @dataclass

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from soraplan.curation.config import ConfigError, load_config
+from soraplan.core.config import ConfigError, load_config
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from soraplan.curation.schema import STATUS_KEPT, read_clip_table
+from soraplan.core.schema import STATUS_KEPT, read_clip_table
 
 OPENSORA_COLUMNS = ["path", "text", "num_frames", "width", "height", "aspect_ratio", "fps", "aes", "flow",
                     "clip_id", "start_s", "end_s"]

@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.curation.config import dump_yaml
-from soraplan.curation.inputs import InputClip, read_inputs
+from soraplan.core.config import dump_yaml
+from soraplan.core.inputs import InputClip, read_inputs
 from soraplan.curation.motion import set_threads
-from soraplan.curation.ray_session import init_ray
+from soraplan.core.ray_session import init_ray
 from soraplan.curation.resources import Resources
-from soraplan.curation.schema import CLIP_SCHEMA, read_clip_table, shard_files, write_table_atomic
+from soraplan.core.schema import CLIP_SCHEMA, read_clip_table, shard_files, write_table_atomic
 from soraplan.curation.summary import summarize
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from soraplan.curation.schema import STAGES, STATUS_ERROR, STATUS_KEPT, read_clip_table
-from soraplan.curation.video import VideoDecodeError, fit_short_side, sample_frames
+from soraplan.core.schema import STATUS_ERROR, STATUS_KEPT, read_clip_table
+from soraplan.curation.summary import STAGES
+from soraplan.core.video import VideoDecodeError, fit_short_side, sample_frames
 
 THUMB_SHORT_SIDE = 96
 FRAME_POSITIONS = (0.1, 0.5, 0.9)

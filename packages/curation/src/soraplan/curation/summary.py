@@ -7,8 +7,27 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from soraplan.curation.config import to_dict
-from soraplan.curation.schema import STAGE_OF_REASON, STAGES, STATUS_ERROR, STATUS_KEPT, read_clip_table
+from soraplan.core.config import to_dict
+from soraplan.core.schema import (
+    REASON_CHAOTIC,
+    REASON_LOW_AESTHETIC,
+    REASON_STATIC,
+    REASON_SUBTITLES,
+    REASON_TOO_SHORT,
+    STATUS_ERROR,
+    STATUS_KEPT,
+    read_clip_table,
+)
+
+# Stages in the order they run (cheap to expensive), and the reasons each can give.
+STAGES = ("inputs", "probe", "decode", "cuts", "motion", "ocr", "aesthetic")
+STAGE_OF_REASON = {
+    REASON_TOO_SHORT: "cuts",
+    REASON_STATIC: "motion",
+    REASON_CHAOTIC: "motion",
+    REASON_SUBTITLES: "ocr",
+    REASON_LOW_AESTHETIC: "aesthetic",
+}
 
 _PACKAGES = ("soraplan-curation", "ray", "av", "scenedetect", "opencv-python-headless", "rapidocr",
              "onnxruntime", "pyarrow", "numpy", "torch", "lpips", "open-clip-torch")

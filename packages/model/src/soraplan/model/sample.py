@@ -68,7 +68,7 @@ def encode_prompts(cfg: SampleConfig, prompts: list[str]) -> tuple[torch.Tensor,
 
 
 def sample(cfg: SampleConfig) -> Path:
-    from soraplan.curation.video import write_video
+    from soraplan.core.video import write_video
     from soraplan.model.dit.codec import load_wfvae_codec
     from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
     from soraplan.model.dit.model import SkiparseDiT

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from soraplan.captioner.hub import ModelSourceError
-from soraplan.curation.config import ConfigError, load_config
+from soraplan.core.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,10 @@ from soraplan.captioner.hub import pick_device, require_pretrained, torch_dtype
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.refine.data import REFINE_PROMPTS, chat_prompt
-from soraplan.curation.ray_session import init_ray
+from soraplan.core.ray_session import init_ray
 from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
-from soraplan.curation.config import dump_yaml
-from soraplan.curation.schema import REFINED_CAPTION_FIELDS
+from soraplan.core.config import dump_yaml
+from soraplan.core.schema import REFINED_CAPTION_FIELDS
 
 # Not in the shared schema: why a kept row has no refined_caption.
 REFINE_ERROR_FIELD = pa.field("refine_error", pa.string())

@@ -29,7 +29,7 @@ from soraplan.captioner.refine.data import (
     save_pairs,
     split_pairs,
 )
-from soraplan.curation.config import dump_yaml
+from soraplan.core.config import dump_yaml
 
 ADAPTER_DIR = "adapter"
 

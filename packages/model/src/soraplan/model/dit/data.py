@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
-from soraplan.curation.schema import read_clip_table, write_table_atomic
+from soraplan.core.schema import read_clip_table, write_table_atomic
 from soraplan.model.dit.text import pad_text_states
 from torch import Tensor
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from soraplan.curation.schema import STATUS_KEPT, read_clip_table
-from soraplan.curation.video import VideoDecodeError, sample_frames
+from soraplan.core.schema import STATUS_KEPT, read_clip_table
+from soraplan.core.video import VideoDecodeError, sample_frames
 from soraplan.model.dit.buckets import BucketConfig, ClipPlan, latent_shape, plan_clip
 from soraplan.model.dit.codec import LatentCodec, load_wfvae_codec
 from soraplan.model.dit.data import write_latent, write_null_text

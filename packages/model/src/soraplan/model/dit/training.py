@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
-from soraplan.curation.config import dump_yaml
+from soraplan.core.config import dump_yaml
 from soraplan.model.common.checkpoint import (
     commit_checkpoint,
     latest_checkpoint,

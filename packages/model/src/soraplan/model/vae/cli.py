@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soraplan.curation.config import load_config
-from soraplan.curation.video import fit_short_side, iter_frames, probe, write_video
+from soraplan.core.config import load_config
+from soraplan.core.video import fit_short_side, iter_frames, probe, write_video
 from soraplan.model.vae.configs import WFVAEConfig
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
 from soraplan.model.vae.modeling_wfvae import WFVAEModel

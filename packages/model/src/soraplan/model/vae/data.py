@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soraplan.curation.schema import STATUS_KEPT, read_clip_table
-from soraplan.curation.video import VideoDecodeError, probe, sample_frames
+from soraplan.core.inputs import IMAGE_SUFFIXES, find_media
+from soraplan.core.schema import STATUS_KEPT, read_clip_table
+from soraplan.core.video import VideoDecodeError, probe, sample_frames
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 MAX_ATTEMPTS = 8  # unreadable sources are skipped, drawing another one
 
 
@@ -81,9 +80,7 @@ def clips_from_shards(shard_dir: str) -> list[ClipSource]:
 
 def clips_from_folder(folder: str) -> list[ClipSource]:
     clips = []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            continue
+    for path in find_media(folder):
         try:
             info = probe(path)
         except VideoDecodeError as exc:
@@ -114,12 +111,7 @@ class VideoCropSampler:
         self.cfg = cfg
         self.clips = [c for d in cfg.shard_dirs for c in clips_from_shards(d)]
         self.clips += [c for d in cfg.video_dirs for c in clips_from_folder(d)]
-        self.images = sorted(
-            str(p)
-            for d in cfg.image_dirs
-            for p in Path(d).rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        self.images = [str(p) for d in cfg.image_dirs for p in find_media(d, IMAGE_SUFFIXES)]
         if not self.clips and not self.images:
             raise ValueError(
                 "no training data: set data.shard_dirs, data.video_dirs or data.image_dirs"

@@ -20,8 +20,8 @@ import av
 import numpy as np
 import torch
 
-from soraplan.curation.config import to_dict
-from soraplan.curation.video import write_video
+from soraplan.core.config import to_dict
+from soraplan.core.video import write_video
 from soraplan.model.common.checkpoint import (
     atomic_write_text,
     commit_checkpoint,
