@@ -83,3 +83,12 @@ def test_no_traceback_from_a_real_process(tmp_path):
     done = subprocess.run([sys.executable, str(script), "go", "n=-1"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "n: -1 is out of range" in done.stderr
+
+
+def test_a_script_with_one_job_has_no_command_word(capsys):
+    code = run_command("soraplan-one", "one job", COMMANDS[0], ["--input", "a", "times=2"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and '"times": 2' in out
+    code = run_command("soraplan-one", "one job", COMMANDS[0], ["times=2"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err == "soraplan-one: set input (--input)\n"

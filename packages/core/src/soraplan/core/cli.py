@@ -1,4 +1,7 @@
-"""The shape of every console script: `soraplan-<job> <command> [--config C] [options] [key=value ...]`.
+"""The shape of every console script: `soraplan-<job> [<command>] [--config C] [options] [key=value ...]`.
+
+A script with several commands takes the command first (`soraplan-vae train ...`); a script that
+runs one job has none (`soraplan-caption --config ...`).
 
 A command declares its config dataclass; `--config` names a YAML file and every `key.path=value`
 argument overrides one key, in any position. Bad settings and bad usage print one line and exit
@@ -40,27 +43,37 @@ class Command:
     option_keys: dict[str, str] = field(default_factory=dict)
 
 
-def _parser(prog: str, description: str, commands: Sequence[Command]) -> argparse.ArgumentParser:
+def _add_command_arguments(p: argparse.ArgumentParser, command: Command) -> None:
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    if command.config is not None:
+        p.add_argument("--config", help="YAML config file; KEY=VALUE arguments override its keys")
+    if command.arguments is not None:
+        command.arguments(p)
+
+
+def _parser(prog: str, description: str, commands: Sequence[Command] | Command) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    if isinstance(commands, Command):
+        _add_command_arguments(parser, commands)
+        return parser
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
-        p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-        if command.config is not None:
-            p.add_argument("--config", help="YAML config file; KEY=VALUE arguments override its keys")
-        if command.arguments is not None:
-            command.arguments(p)
+        _add_command_arguments(p, command)
     return parser
 
 
-def parse(prog: str, description: str, commands: Sequence[Command],
+def parse(prog: str, description: str, commands: Sequence[Command] | Command,
           argv: Sequence[str]) -> tuple[Command, argparse.Namespace, list[str]]:
     """(command, parsed options, key=value overrides); argparse exits 2 on bad usage."""
     parser = _parser(prog, description, commands)
     args, extra = parser.parse_known_args(list(argv))
-    command = next(c for c in commands if c.name == args.command)
+    if isinstance(commands, Command):
+        command = commands
+    else:
+        command = next(c for c in commands if c.name == args.command)
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
     if bad or (extra and command.config is None):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
@@ -70,7 +83,7 @@ def parse(prog: str, description: str, commands: Sequence[Command],
     return command, args, [*overrides, *extra]
 
 
-def run_command(prog: str, description: str, commands: Sequence[Command],
+def run_command(prog: str, description: str, commands: Sequence[Command] | Command,
                 argv: Sequence[str] | None = None) -> int:
     """Parse, load the config, run the command, print its result; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -82,7 +95,8 @@ def run_command(prog: str, description: str, commands: Sequence[Command],
             cfg = load_config(command.config, args.config, overrides)
         result = command.run(cfg, args)
     except USER_ERRORS as exc:
-        print(f"{prog} {command.name}: {one_line(exc)}", file=sys.stderr)
+        where = prog if isinstance(commands, Command) else f"{prog} {command.name}"
+        print(f"{where}: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
@@ -96,8 +110,9 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def console_main(prog: str, description: str, commands: Sequence[Command]) -> Callable[..., None]:
-    """A console-script entry point (`main`) for the given commands."""
+def console_main(prog: str, description: str,
+                 commands: Sequence[Command] | Command) -> Callable[..., None]:
+    """A console-script entry point (`main`) for the given commands, or for one job."""
 
     def main(argv: Sequence[str] | None = None) -> None:
         code = run_command(prog, description, commands, argv)
