@@ -1,8 +1,20 @@
 import csv as _csv
+import os
+from pathlib import Path
 
 import pytest
 
-from soraplan.core.inputs import parse_timestamp, read_inputs, read_panda70m_csv, read_video_dir, span_id
+from soraplan.core.config import ConfigError
+from soraplan.core.inputs import (
+    MAX_FIELD_CHARS,
+    find_media,
+    parse_timestamp,
+    read_inputs,
+    read_panda70m_csv,
+    read_video_dir,
+    span_id,
+)
+from soraplan.core.video import VideoDecodeError, probe
 
 HEADER = "videoID,url,timestamp,caption,matching_score,desirable_filtering,shot_boundary_detection\n"
 
@@ -40,7 +52,7 @@ def test_malformed_rows_become_error_clips(tmp_path):
     assert len(clips) == 5 and all(c.error for c in clips)
     assert "malformed row" in clips[0].error and "1/2/1 items" in clips[1].error
     assert "malformed row" in clips[2].error  # literal_eval refuses code
-    assert "empty videoID" in clips[3].error and "ends before it starts" in clips[4].error
+    assert "column 'videoID' is empty" in clips[3].error and "ends before it starts" in clips[4].error
 
 
 def test_paths_escaping_the_video_root_are_refused(tmp_path):
@@ -69,3 +81,118 @@ def test_timestamps_and_ids():
     assert span_id("v", 1, None) == "v:1.000-end"
     with pytest.raises(ValueError):
         parse_timestamp("62.5")
+
+
+def _manifest(path, rows, bom=False):
+    """Write a Panda-70M CSV with the csv module (it quotes the literals as Panda-70M's files do)."""
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as fh:
+        writer = _csv.writer(fh)
+        writer.writerow(["videoID", "url", "timestamp", "caption", "matching_score"])
+        writer.writerows(rows)
+    return path
+
+
+SPAN = "[['0:00:01.000', '0:00:03.000']]"
+
+
+@pytest.mark.parametrize("scores, message", [
+    ("['abc']", "column 'matching_score' item 0 is not a number: 'abc'"),
+    ("[None]", "column 'matching_score' item 0 is not a number: 'None'"),
+    ("[[0.5]]", "column 'matching_score' item 0 is not a number: '[0.5]'"),
+    ("[True]", "column 'matching_score' item 0 is not a number"),
+])
+def test_bad_scores_become_error_clips_naming_the_column(tmp_path, scores, message):
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", [["v", "", SPAN, "['a']", scores]]), tmp_path))
+    assert len(clips) == 1 and message in clips[0].error and "m.csv:2" in clips[0].error
+
+
+def test_rows_that_used_to_vanish_or_abort_are_error_clips(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    deep = "[" * 100_000 + "]" * 100_000
+    huge = "['" + "x" * (MAX_FIELD_CHARS + 10) + "']"
+    rows = [
+        ["v", "", "[]", "[]", "[]"],  # no spans at all
+        ["v", "", deep, "['a']", "[0.1]"],  # a literal too deep for the parser
+        ["v", "", SPAN, huge, "[0.1]"],  # a field over the size limit
+        ["v", "", SPAN, "[print('hi')]", "[0.1]"],  # code, never run, never shown as an ast repr
+        ["v", "", SPAN, "[\n'on two lines'\n]", "[0.5]"],  # a quoted field spanning three lines
+        ["v", "", "[['0:00:04.000', '0:00:05.000']]", "[7]", "[0.5]"],
+    ]
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", rows), tmp_path))
+    assert [bool(c.error) for c in clips] == [True, True, True, True, False, True]
+    assert "m.csv:2: malformed row: column 'timestamp' is an empty list" in clips[0].error
+    assert "m.csv:3" in clips[1].error and "nests 100000 levels deep" in clips[1].error
+    assert "column 'caption' has" in clips[2].error and "over the limit" in clips[2].error
+    assert "column 'caption' is not a Python list literal" in clips[3].error and "ast." not in clips[3].error
+    assert clips[4].caption == "on two lines"
+    assert "m.csv:9" in clips[5].error and "column 'caption' item 0 is not a string" in clips[5].error
+
+
+def test_a_record_the_csv_module_cannot_read_is_an_error_and_reading_goes_on(tmp_path, monkeypatch):
+    import soraplan.core.inputs as inputs
+
+    monkeypatch.setattr(inputs, "_CSV_READ_LIMIT", 1000)
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    rows = [["v", "", SPAN, "['" + "y" * 2000 + "']", "[0.1]"], ["v", "", SPAN.replace("1.000", "1.500"), "['b']", "[0.2]"]]
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", rows), tmp_path))
+    assert "unreadable CSV record" in clips[0].error and "m.csv:2" in clips[0].error
+    assert clips[-1].error is None and clips[-1].caption == "b"
+
+
+def test_byte_order_mark_and_missing_columns(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", [["v", "", SPAN, "['a']", "[0.1]"]], bom=True),
+                                   tmp_path))
+    assert clips[0].error is None and clips[0].caption == "a"
+    (tmp_path / "bad.csv").write_text("id,time\nv,1\n")
+    with pytest.raises(ConfigError, match="no column.*videoID"):
+        list(read_panda70m_csv(tmp_path / "bad.csv", tmp_path))
+
+
+def test_video_ids_are_looked_up_by_exact_name_never_globbed(tmp_path):
+    (tmp_path / "w.mp4").write_bytes(b"x")
+    (tmp_path / "shard").mkdir()
+    (tmp_path / "shard" / "q[1].mkv").write_bytes(b"x")
+    rows = [[vid, "", SPAN, "['a']", "[0.1]"] for vid in ("w*", "w?", "[w]", "q[1]", "w")]
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", rows), tmp_path))
+    assert [Path(c.path).name for c in clips] == ["w*.mp4", "w?.mp4", "[w].mp4", "q[1].mkv", "w.mp4"]
+    assert not Path(clips[0].path).exists()  # missing: the decoder will say "file not found"
+
+
+def test_sub_millisecond_spans_keep_distinct_ids():
+    assert span_id("v", 1.0, 2.5) == "v:1.000-2.500"
+    assert span_id("v", 1.0001, 2.0) != span_id("v", 1.0002, 2.0)
+
+
+def test_directory_mode_applies_the_manifest_containment_rule(tmp_path):
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"x")
+    (root / "ok.mp4").write_bytes(b"x")
+    (root / "link.mp4").symlink_to(outside / "secret.mp4")
+    (root / "inner.mp4").symlink_to(root / "ok.mp4")
+    by_name = {Path(c.path).name: c for c in read_video_dir(root)}
+    assert by_name["ok.mp4"].error is None and by_name["inner.mp4"].error is None
+    assert "resolves outside" in by_name["link.mp4"].error and "allow_outside_root" in by_name["link.mp4"].error
+    assert {Path(c.path).name: c.error for c in read_video_dir(root, allow_outside_root=True)}["link.mp4"] is None
+    # The manifest reader refuses the same link.
+    clips = list(read_panda70m_csv(_manifest(tmp_path / "m.csv", [["link", "", SPAN, "['a']", "[0.1]"]]), root))
+    assert "resolves outside the video root" in clips[0].error
+
+
+def test_every_path_that_looks_like_a_video_is_a_row_and_nothing_blocks(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "device.mp4").symlink_to("/dev/zero")
+    (tmp_path / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "good.mp4").write_bytes(b"x")
+    errors = {Path(c.path).name: c.error for c in read_video_dir(tmp_path)}
+    assert errors["good.mp4"] is None
+    assert "FIFO" in errors["pipe.mp4"] and "is a directory" in errors["folder.mp4"]
+    assert "resolves outside" in errors["device.mp4"] and "broken symlink" in errors["broken.mp4"]
+    assert "device" in {Path(c.path).name: c.error for c in read_video_dir(tmp_path, True)}["device.mp4"]
+    assert [p.name for p in find_media(tmp_path)] == ["good.mp4"]
+    with pytest.raises(VideoDecodeError, match="not a regular file"):
+        probe(tmp_path / "pipe.mp4")  # returns at once: the FIFO is never opened

@@ -49,6 +49,8 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         raise VideoDecodeError(f"file not found: {p}")
     if p.is_dir():
         raise VideoDecodeError(f"is a directory, not a video file: {p}")
+    if not p.is_file():  # never open a FIFO or a device: reading one can block forever
+        raise VideoDecodeError(f"not a regular file: {p}")
     if p.stat().st_size == 0:
         raise VideoDecodeError(f"file is empty (0 bytes): {p}")
     try:
