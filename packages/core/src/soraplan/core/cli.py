@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from soraplan.core.config import ConfigError, load_config
+from soraplan.core.ray_session import RayStartError
 
 EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3  # the job could not get what it runs on (e.g. a local Ray did not start)
 
 
 # What a user can fix without reading code: printed as one line, exit 2.
@@ -94,10 +96,10 @@ def run_command(prog: str, description: str, commands: Sequence[Command] | Comma
         if command.config is not None:
             cfg = load_config(command.config, args.config, overrides)
         result = command.run(cfg, args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, RayStartError) as exc:
         where = prog if isinstance(commands, Command) else f"{prog} {command.name}"
         print(f"{where}: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_ENVIRONMENT if isinstance(exc, RayStartError) else EXIT_USAGE
     if isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     elif isinstance(result, (str, Path)):

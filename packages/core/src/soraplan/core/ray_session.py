@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from soraplan.core.config import NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -24,7 +26,12 @@ class RayConfig:
         return init_ray(self.address, self.local_num_cpus)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> ModuleType:
+class RayStartError(RuntimeError):
+    """A local Ray instance could not be started; the message says what to try."""
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, attempts: int = 3,
+             backoff_s: float = 2.0) -> ModuleType:
     """Import Ray with the project's settings and connect to `address` ("auto" for the cluster
     this job runs on), or start a local instance on loopback with `num_cpus` CPUs."""
     # Ray reads these once, at import. Keep every Ray process on loopback, and let workers use
@@ -41,12 +48,48 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> ModuleT
     if address:
         ray.init(address=address)
         return ray
-    for attempt in range(3):  # the raylet has a fixed start deadline that a busy CPU can miss
+    _start_local(ray, num_cpus, attempts, backoff_s)
+    return ray
+
+
+def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s: float) -> None:
+    """`ray.init` with retries: the raylet has a fixed start deadline that a busy CPU can miss.
+    Each failed attempt's processes (GCS, raylet, dashboard, agents: children of this process
+    that the attempt started) are stopped before the next, so they do not add to the load."""
+    import psutil
+
+    me = psutil.Process()
+    failure: Exception | None = None
+    for attempt in range(attempts):
+        before = {p.pid for p in me.children(recursive=True)}
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
-            return ray
-        except Exception:
+            return
+        except Exception as exc:  # noqa: BLE001 - every start failure is retried the same way
+            failure = exc
             ray.shutdown()
-            if attempt == 2:
-                raise
-    return ray
+            _stop_new_children(me, before)
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s * 2**attempt)
+    reason = " ".join(str(failure).split())[:300]
+    raise RayStartError(
+        f"a local Ray did not start in {attempts} attempts (last: {type(failure).__name__}: {reason}). "
+        "The machine may be overloaded: retry when it is quieter, or start Ray once with "
+        "`ray start --head` and run the job with --address auto.")
+
+
+def _stop_new_children(me: Any, before: set[int]) -> None:
+    import psutil
+
+    started = [p for p in me.children(recursive=True) if p.pid not in before]
+    for process in started:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
