@@ -67,3 +67,17 @@ def test_write_video_round_trip(tmp_path):
     back = np.stack([f.image for f in iter_frames(tmp_path / "x.mp4")])
     assert back.shape == frames.shape
     assert np.abs(back.astype(int) - frames).mean() < 4
+
+
+def test_gif_bytes_is_an_animated_gif():
+    import io
+
+    from PIL import Image
+
+    from soraplan.core.video import gif_bytes
+
+    frames = np.zeros((5, 16, 24, 3), np.uint8)
+    for i in range(5):
+        frames[i, :, i * 4 : i * 4 + 4] = (255, 0, 0)
+    image = Image.open(io.BytesIO(gif_bytes(frames, 8.0)))
+    assert image.format == "GIF" and image.size == (24, 16) and image.n_frames == 5

@@ -230,3 +230,21 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """An animated GIF of uint8 RGB frames (T x H x W x 3): how TensorBoard and HTML reports
+    show short videos."""
+    import io
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="gif") as container:
+        stream = container.add_stream("gif", rate=max(1, round(fps)))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="rgb8")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
