@@ -40,6 +40,12 @@ from soraplan.curation.stages import ClipContext, SplitStage, Stage, StageConfig
 
 # What the analyzer itself does before any stage scores, counted per input clip in the funnel.
 CLIP_PHASES = ("inputs", "probe", "decode")
+# Columns the analyzer fills (the segment, its source, its verdict); stages write the others.
+ANALYZER_COLUMNS = frozenset({
+    "clip_id", "source_id", "segment_index", "path", "start_s", "end_s", "num_frames", "fps", "width", "height",
+    "codec", "caption", "matching_score", "cut_times_s", "status", "reject_reasons", "error", "error_stage",
+    "stage_seconds",
+})
 
 
 @dataclass
@@ -187,7 +193,7 @@ class ClipAnalyzer:
                 "fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec,
                 "cut_times_s": [round(c, 6) for c in cut_times],
             }) for s in segments]
-        columns = set(self.schema.names)
+        columns = set(self.schema.names) - ANALYZER_COLUMNS
         for stage in self.stages:
             todo = [s for s in segments if self.cfg.score_all or not rows[s.index]["reject_reasons"]]
             if not todo:
@@ -205,11 +211,12 @@ class ClipAnalyzer:
 
 
 def _check(stage: Stage, values: dict[str, Any], reasons: list[str], columns: set[str]) -> None:
-    """A stage writes only schema columns and gives only the reasons it declares (the funnel
-    maps each reason to its stage)."""
+    """A stage writes only score columns of the schema and gives only the reasons it declares
+    (the funnel maps each reason to its stage)."""
     unknown = set(values) - columns
     if unknown:
-        raise KeyError(f"{sorted(unknown)} are neither clip-schema columns nor the stage's extra_columns")
+        raise ValueError(f"columns {sorted(unknown)} are analyzer columns, or neither clip-schema columns "
+                         f"nor the stage's extra_columns")
     undeclared = set(reasons) - set(stage.reasons)
     if undeclared:
         raise ValueError(f"reject reasons {sorted(undeclared)} are not among the stage's reasons {stage.reasons}")
