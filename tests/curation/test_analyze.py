@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.curation.cuts import CutsConfig, merge_cuts, robust_outliers, split_segments
+from soraplan.curation.cuts import CutsConfig, merge_cuts, robust_outliers
 from soraplan.core.inputs import InputClip
 from soraplan.curation.ocr import OcrConfig, crop_box, judge_boxes
 from soraplan.core.testing.media import scene_texture
 from soraplan.core.video import write_video
+from soraplan.curation.stages import split_segments
 
 
 @pytest.fixture(scope="module")

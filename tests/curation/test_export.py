@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from soraplan.curation.cli import main
 from soraplan.curation.export import OPENSORA_COLUMNS
 from soraplan.core.schema import empty_clip_row, rows_to_table, write_table_atomic
 
@@ -31,9 +30,9 @@ def out(tmp_path):
     return tmp_path / "out", rows[:4]
 
 
-def test_osp_json_round_trip(out, tmp_path):
+def test_osp_json_round_trip(out, tmp_path, curate):
     out_dir, kept = out
-    assert main(["export", str(out_dir), "--format", "osp", "--to", str(tmp_path / "anno.json")]) == 0
+    assert curate("export", out_dir, "--format", "osp", "--to", tmp_path / "anno.json") == 0
     records = json.loads((tmp_path / "anno.json").read_text())
     assert len(records) == len(kept)
     for record, row in zip(records, kept):
@@ -46,9 +45,9 @@ def test_osp_json_round_trip(out, tmp_path):
         assert record["aesthetic"] == row["aesthetic_score"]
 
 
-def test_opensora_csv_round_trip(out, tmp_path):
+def test_opensora_csv_round_trip(out, tmp_path, curate):
     out_dir, kept = out
-    assert main(["export", str(out_dir), "--format", "opensora", "--to", str(tmp_path / "clips.csv")]) == 0
+    assert curate("export", out_dir, "--format", "opensora", "--to", tmp_path / "clips.csv") == 0
     with open(tmp_path / "clips.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == OPENSORA_COLUMNS
@@ -64,11 +63,11 @@ def test_opensora_csv_round_trip(out, tmp_path):
         assert (float(record["aes"]) if record["aes"] else None) == row["aesthetic_score"]
 
 
-def test_captioner_columns_win_over_the_manifest_caption(tmp_path):
+def test_captioner_columns_win_over_the_manifest_caption(tmp_path, curate):
     from soraplan.core.schema import CAPTION_FIELDS, REFINED_CAPTION_FIELDS, schema_with
 
     row = clip_row(0, vlm_caption="vlm", refined_caption="refined")
     table = rows_to_table([row], schema_with(CAPTION_FIELDS, REFINED_CAPTION_FIELDS))
     write_table_atomic(table, tmp_path / "out" / "clips" / "a.parquet")
-    assert main(["export", str(tmp_path / "out"), "--format", "osp", "--to", str(tmp_path / "a.json")]) == 0
+    assert curate("export", tmp_path / "out", "--format", "osp", "--to", tmp_path / "a.json") == 0
     assert json.loads((tmp_path / "a.json").read_text())[0]["cap"] == "refined"

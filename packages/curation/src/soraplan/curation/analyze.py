@@ -1,66 +1,89 @@
-"""Per-clip analysis: decode an input clip once and run every stage on the shared frames.
+"""Per-clip analysis: decode an input clip once and run every enabled stage on it.
 
-One pass over the decoded frames feeds the shot detector, keeps every `frame_skip`-th frame for
-motion and about `ocr.fps` frames per second for text. After the pass the clip is split at its
-cuts and each segment goes through the stages cheap to expensive; a rejected segment skips the
-rest unless `score_all` is set. Any failure becomes an error row: nothing is dropped.
+The stages are the stage sections of `AnalyzeConfig`, in the order they run (cheap to
+expensive). Per clip: probe, one decoding pass in which each stage observes the frames it asks
+for, each stage's finish, the split at the cut stage's cut times, then each stage scores the
+segments no earlier stage rejected (all of them with `score_all`). Any failure becomes an error
+row naming the stage: nothing is dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from pathlib import Path
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
-from soraplan.curation.aesthetic import AestheticConfig, AestheticScorer, pick_frames
-from soraplan.curation.cuts import CutsConfig, SceneCutDetector, merge_cuts, robust_outliers, split_segments
+from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.inputs import InputClip
-from soraplan.curation.motion import MotionConfig
-from soraplan.curation.ocr import OcrConfig
-from soraplan.curation.resources import Resources, sequential
 from soraplan.core.schema import (
-    REASON_CHAOTIC,
-    REASON_LOW_AESTHETIC,
-    REASON_STATIC,
-    REASON_SUBTITLES,
-    REASON_TOO_SHORT,
     STATUS_ERROR,
     STATUS_KEPT,
     STATUS_REJECTED,
     empty_clip_row,
     rows_to_table,
+    schema_with,
 )
-from soraplan.core.video import VideoDecodeError, VideoInfo, fit_short_side, iter_frames, probe
+from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe
+from soraplan.curation.aesthetic import AestheticConfig
+from soraplan.curation.cuts import CutsConfig
+from soraplan.curation.motion import MotionConfig
+from soraplan.curation.ocr import OcrConfig
+from soraplan.curation.resources import Resources, sequential
+from soraplan.curation.stages import ClipContext, SplitStage, Stage, StageConfig
+
+# What the analyzer itself does before any stage scores, counted per input clip in the funnel.
+CLIP_PHASES = ("inputs", "probe", "decode")
+# Columns the analyzer fills (the segment, its source, its verdict); stages write the others.
+ANALYZER_COLUMNS = frozenset({
+    "clip_id", "source_id", "segment_index", "path", "start_s", "end_s", "num_frames", "fps", "width", "height",
+    "codec", "caption", "matching_score", "cut_times_s", "status", "reject_reasons", "error", "error_stage",
+    "stage_seconds",
+})
 
 
 @dataclass
 class AnalyzeConfig:
-    analysis_short_side: int = 360  # frames are decoded at this short side for every scorer
+    analysis_short_side: PositiveInt = 360  # frames are decoded at this short side for every stage
     score_all: bool = False  # score every segment, even ones an earlier stage rejected
+    # The stages, in the order they run: every section below that is a StageConfig is one stage.
+    # A new stage is one file (its config section and stage class) and one line here.
     cuts: CutsConfig = field(default_factory=CutsConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 
-    def stage_classes(self) -> list[type]:
-        """The classes of the enabled stages, in the order they run (none is built here)."""
-        stages: list[type] = [SceneCutDetector, self.motion.stage_class()]
-        if self.ocr.enabled:
-            stages.append(self.ocr.stage_class())
-        if self.aesthetic.enabled:
-            stages.append(AestheticScorer)
-        return stages
+    def validate(self) -> None:
+        classes = self.stage_classes()
+        splitters = [c.__name__ for c in classes if issubclass(c, SplitStage)]
+        if len(splitters) != 1:
+            raise ConfigError(f"exactly one enabled stage must split clips into segments, found {splitters}")
+        names = [c.name for c in self.stage_classes(enabled_only=False)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names must be unique (they name funnel rows and timings): {names}")
+
+    def stage_configs(self, enabled_only: bool = True) -> list[StageConfig]:
+        sections = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [s for s in sections if isinstance(s, StageConfig) and (s.enabled or not enabled_only)]
+
+    def stage_classes(self, enabled_only: bool = True) -> list[type[Stage]]:
+        """The classes of the stages, in the order they run (none is built here)."""
+        return [s.stage_class() for s in self.stage_configs(enabled_only)]
 
     def resources(self) -> Resources:
         """The declared need of one analyzer, which runs its stages one after another."""
         return sequential(stage.resources for stage in self.stage_classes())
+
+    def output_schema(self) -> pa.Schema:
+        """Core's clip schema plus the extra columns of every stage, enabled or not, so that
+        shards keep one schema when a rerun switches a stage on or off."""
+        return schema_with(*(stage.extra_columns for stage in self.stage_classes(enabled_only=False)))
 
 
 class StageError(RuntimeError):
@@ -69,32 +92,39 @@ class StageError(RuntimeError):
         self.stage = stage
 
 
-@dataclass
-class DecodedClip:
-    """What one decoding pass keeps: frame times, per-frame change, sampled frames."""
+class _Phase:
+    """Adds the wall time of a block to `timings[name]`; a failure in it becomes StageError(name)."""
 
-    info: VideoInfo
-    times: list[float]
-    frame_change: np.ndarray  # mean abs change of tiny grey thumbnails vs the previous frame
-    scene_cut_positions: list[int]
-    motion_positions: list[int]
-    motion_frames: list[np.ndarray]
-    ocr_times: list[float]
-    ocr_frames: list[np.ndarray]
-    analysis_size: tuple[int, int]
-    # Frames at about `aesthetic.sample_fps`, small, to pick each segment's 10/50/90% frames from.
-    aesthetic_times: list[float] = field(default_factory=list)
-    aesthetic_frames: list[np.ndarray] = field(default_factory=list)
+    __slots__ = ("name", "timings", "started")
+
+    def __init__(self, name: str, timings: dict[str, float]) -> None:
+        self.name, self.timings = name, timings
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        self.timings[self.name] += time.perf_counter() - self.started
+        if exc is None or isinstance(exc, StageError) or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, VideoDecodeError):
+            raise StageError(self.name, str(exc)) from None
+        where = traceback.extract_tb(tb)[-1]
+        raise StageError(self.name, f"{type(exc).__name__} in {self.name}: {exc} "
+                                    f"(at {Path(where.filename).name}:{where.lineno})") from exc
 
 
 class ClipAnalyzer:
-    """Holds the scorers (built once per Ray actor) and turns input clips into shard rows."""
+    """Holds the stages (set up once per Ray actor) and turns input clips into shard rows."""
 
     def __init__(self, cfg: AnalyzeConfig) -> None:
         self.cfg = cfg
-        self.motion = cfg.motion.build()
-        self.text = cfg.ocr.build() if cfg.ocr.enabled else None
-        self.aesthetic = cfg.aesthetic.build() if cfg.aesthetic.enabled else None
+        self.stages = [section.build() for section in cfg.stage_configs()]
+        self.splitter = next(s for s in self.stages if isinstance(s, SplitStage))
+        self.schema = cfg.output_schema()
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Ray Data batch function: input clip columns in, shard rows out (fan-out)."""
@@ -103,198 +133,93 @@ class ClipAnalyzer:
         for i in range(len(batch[keys[0]])):
             clip = InputClip(**{k: _scalar(batch[k][i]) for k in keys})
             rows.extend(self.analyze(clip))
-        return rows_to_table(rows)
+        return rows_to_table(rows, self.schema)
 
     def analyze(self, clip: InputClip) -> list[dict[str, Any]]:
         timings: dict[str, float] = defaultdict(float)
         base = dict(source_id=clip.source_id, path=clip.path, caption=clip.caption,
                     matching_score=clip.matching_score, start_s=clip.start_s, end_s=clip.end_s)
-        self.stage = "inputs"
         try:
             if clip.error:
                 raise StageError("inputs", clip.error)
-            decoded = self._decode(clip, timings)
-            return self._segments(clip, decoded, base, timings)
+            return self._rows(self.decode(clip, timings), base, timings)
         except StageError as exc:
-            stage, message = exc.stage, str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes an error row, never a crash
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            stage = self.stage
-            message = f"{type(exc).__name__} in {stage}: {exc} (at {Path(where.filename).name}:{where.lineno})"
-        return [empty_clip_row(clip_id=clip.source_id, segment_index=0, status=STATUS_ERROR, error=message,
-                               error_stage=stage, stage_seconds=dict(timings), **base)]
+            return [empty_clip_row(clip_id=clip.source_id, segment_index=0, status=STATUS_ERROR, error=str(exc),
+                                   error_stage=exc.stage, stage_seconds=dict(timings), **base)]
 
-    def _decode(self, clip: InputClip, timings: dict[str, float]) -> DecodedClip:
-        self.stage = "probe"
-        t0 = time.perf_counter()
-        try:
+    def decode(self, clip: InputClip, timings: dict[str, float]) -> ClipContext:
+        """Probe, then the one decoding pass, in which each stage observes the frames it takes;
+        then every stage finishes the clip."""
+        with _Phase("probe", timings):
             info = probe(clip.path)
-        except VideoDecodeError as exc:
-            raise StageError("probe", str(exc)) from None
-        timings["probe"] += time.perf_counter() - t0
-        if clip.start_s >= info.duration_s:
-            raise StageError("probe", f"span {clip.start_s:.3f}-{clip.end_s}s lies outside the video "
-                                      f"(duration {info.duration_s:.3f}s): {clip.path}")
-        cfg = self.cfg
-        size = fit_short_side(info.width, info.height, cfg.analysis_short_side)
-        detect_size = (cfg.cuts.detect_width, max(2, round(cfg.cuts.detect_width * size[1] / size[0])))
-        detector = SceneCutDetector(cfg.cuts, info.fps or 25.0)
-        times: list[float] = []
-        change: list[float] = []
-        motion_pos, motion_frames, ocr_times, ocr_frames = [], [], [], []
-        aesthetic_times, aesthetic_frames = [], []
-        next_ocr = next_aesthetic = clip.start_s
-        previous_thumb = None
-        t_detect = t_motion = 0.0
-        self.stage = "decode"
-        t0 = time.perf_counter()
-        try:
+            if clip.start_s >= info.duration_s:
+                raise StageError("probe", f"span {clip.start_s:.3f}-{clip.end_s}s lies outside the video "
+                                          f"(duration {info.duration_s:.3f}s): {clip.path}")
+            ctx = ClipContext(clip, info, fit_short_side(info.width, info.height, self.cfg.analysis_short_side))
+        observers = [s for s in self.stages if s.sampling is not None]
+        for stage in self.stages:
+            with _Phase(stage.name, timings):
+                stage.start(ctx)
+                if stage.sampling is not None:
+                    stage.sampling.start()
+        observing = sum(timings[s.name] for s in self.stages)
+        with _Phase("decode", timings):
             # Decoding runs to the span's end or the last frame, wherever the header says the
             # video ends: header durations of variable-frame-rate files can fall short of it.
-            for pos, frame in enumerate(iter_frames(clip.path, clip.start_s, clip.end_s, size=size)):
-                times.append(frame.time_s)
-                t1 = time.perf_counter()
-                small = cv2.resize(frame.image, detect_size, interpolation=cv2.INTER_AREA)
-                detector.push(small[..., ::-1])
-                thumb = cv2.cvtColor(cv2.resize(small, (32, 18), interpolation=cv2.INTER_AREA),
-                                     cv2.COLOR_RGB2GRAY).astype(np.float32)
-                change.append(0.0 if previous_thumb is None else float(np.abs(thumb - previous_thumb).mean()))
-                previous_thumb = thumb
-                t2 = time.perf_counter()
-                t_detect += t2 - t1
-                if pos % cfg.motion.frame_skip == 0:
-                    motion_pos.append(pos)
-                    motion_frames.append(self.motion.prepare(frame.image))
-                t_motion += time.perf_counter() - t2
-                if self.text is not None and frame.time_s >= next_ocr - 1e-6:
-                    ocr_times.append(frame.time_s)
-                    ocr_frames.append(frame.image)
-                    next_ocr = frame.time_s + 1.0 / cfg.ocr.fps
-                if self.aesthetic is not None and frame.time_s >= next_aesthetic - 1e-6:
-                    aesthetic_times.append(frame.time_s)
-                    aesthetic_frames.append(self.aesthetic.prepare(frame.image))
-                    next_aesthetic = frame.time_s + 1.0 / cfg.aesthetic.sample_fps
-        except VideoDecodeError as exc:
-            raise StageError("decode", str(exc)) from None
-        cut_positions = detector.finish()
-        t_total = time.perf_counter() - t0
-        timings["cuts"] += t_detect
-        timings["motion"] += t_motion
-        timings["decode"] += t_total - t_detect - t_motion
-        if not times:
-            raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to {clip.end_s or 'the end'}: {clip.path}")
-        return DecodedClip(info, times, np.asarray(change), cut_positions, motion_pos, motion_frames,
-                           ocr_times, ocr_frames, size, aesthetic_times, aesthetic_frames)
+            for position, frame in enumerate(iter_frames(clip.path, clip.start_s, clip.end_s, size=ctx.analysis_size)):
+                ctx.times.append(frame.time_s)
+                for stage in observers:
+                    if stage.sampling.take(position, frame.time_s):
+                        with _Phase(stage.name, timings):
+                            stage.observe(frame.image, frame.time_s)
+            if not ctx.times:
+                raise StageError("decode", f"no frames decoded from {clip.start_s:.3f}s to "
+                                           f"{clip.end_s or 'the end'}: {clip.path}")
+        # Decoding is the pass's time less what the stages spent observing.
+        timings["decode"] -= sum(timings[s.name] for s in self.stages) - observing
+        for stage in self.stages:
+            with _Phase(stage.name, timings):
+                stage.finish(ctx)
+        return ctx
 
-    def _segments(self, clip: InputClip, d: DecodedClip, base: dict[str, Any],
-                  timings: dict[str, float]) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        self.stage = "motion"
-        t0 = time.perf_counter()
-        motion_d, cut_d = self.motion.distances(d.motion_frames)
-        timings["motion"] += time.perf_counter() - t0
-
-        self.stage = "cuts"
-        t0 = time.perf_counter()
-        jump_positions = []
-        if cfg.cuts.jump_cuts:
-            for k in robust_outliers(cut_d, cfg.cuts.jump_z, cfg.cuts.jump_min_ratio):
-                lo, hi = d.motion_positions[k] + 1, d.motion_positions[k + 1]
-                # The cut is the frame in the interval that changes most from its predecessor.
-                jump_positions.append(lo + int(np.argmax(d.frame_change[lo : hi + 1])))
-        cut_times = merge_cuts([d.times[p] for p in d.scene_cut_positions],
-                               [d.times[p] for p in jump_positions], cfg.cuts.merge_s, cfg.cuts.min_scene_s)
-        end = d.times[-1] + _frame_period(d)
-        if clip.end_s is not None:
-            end = min(end, clip.end_s)
-        spans = split_segments(clip.start_s, end, cut_times)
-        timings["cuts"] += time.perf_counter() - t0
-
-        times = np.asarray(d.times)
-        motion_times = times[d.motion_positions]
-        scale_x = d.info.width / d.analysis_size[0]
-        scale_y = d.info.height / d.analysis_size[1]
-        lo_bound, hi_bound = cfg.motion.bounds()
-        rows = []
-        for index, (a, b) in enumerate(spans):
-            reasons: list[str] = []
-            in_segment = (times >= a - 1e-6) & (times < b - 1e-6)
-            row = empty_clip_row(**{
-                **base, "clip_id": f"{clip.source_id}/{a:.3f}-{b:.3f}", "segment_index": index,
-                "start_s": round(a, 6), "end_s": round(b, 6), "num_frames": int(in_segment.sum()),
-            })
-            row.update(
-                fps=d.info.fps, width=d.info.width, height=d.info.height, codec=d.info.codec,
-                cut_times_s=[round(c, 6) for c in cut_times],
-            )
-            if b - a < cfg.cuts.min_seconds:
-                reasons.append(REASON_TOO_SHORT)
-            if not reasons or cfg.score_all:
-                self.stage = "motion"
-                # Only pairs with both frames inside the segment measure its motion.
-                pairs = (motion_times[:-1] >= a - 1e-6) & (motion_times[1:] < b - 1e-6)
-                if pairs.any():
-                    row["motion_score"] = float(motion_d[pairs].mean())
-                    row["motion_backend"] = self.motion.name
-                    if row["motion_score"] < lo_bound:
-                        reasons.append(REASON_STATIC)
-                    elif row["motion_score"] > hi_bound:
-                        reasons.append(REASON_CHAOTIC)
-            if self.text is not None and (not reasons or cfg.score_all):
-                self.stage = "ocr"
-                t1 = time.perf_counter()
-                frames = self._ocr_frames(d, a, b)
-                if frames:
-                    verdict = self.text.judge(frames)
-                    row["ocr_area_ratio"] = verdict.area_ratio
-                    row["subtitles"] = verdict.subtitles
-                    x0, x1, y0, y1 = verdict.crop
-                    row["crop"] = [round(x0 * scale_x), round(x1 * scale_x), round(y0 * scale_y), round(y1 * scale_y)]
-                    too_much_text = cfg.ocr.max_area_ratio is not None and verdict.area_ratio > cfg.ocr.max_area_ratio
-                    if verdict.subtitles or too_much_text:
-                        reasons.append(REASON_SUBTITLES)
-                timings["ocr"] += time.perf_counter() - t1
-            row["reject_reasons"] = reasons
-            rows.append(row)
-        if self.aesthetic is not None:
-            self._score_aesthetics(d, spans, rows, timings)
+    def _rows(self, ctx: ClipContext, base: dict[str, Any], timings: dict[str, float]) -> list[dict[str, Any]]:
+        clip, info = ctx.clip, ctx.info
+        with _Phase(self.splitter.name, timings):
+            cut_times = self.splitter.split(ctx)
+            segments = ctx.segments(cut_times)
+            rows = [empty_clip_row(**{
+                **base, "clip_id": f"{clip.source_id}/{s.start_s:.3f}-{s.end_s:.3f}", "segment_index": s.index,
+                "start_s": round(s.start_s, 6), "end_s": round(s.end_s, 6), "num_frames": s.num_frames,
+                "fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec,
+                "cut_times_s": [round(c, 6) for c in cut_times],
+            }) for s in segments]
+        columns = set(self.schema.names) - ANALYZER_COLUMNS
+        for stage in self.stages:
+            todo = [s for s in segments if self.cfg.score_all or not rows[s.index]["reject_reasons"]]
+            if not todo:
+                continue
+            with _Phase(stage.name, timings):
+                scores = stage.score_segments(todo)
+                for segment, (values, reasons) in zip(todo, scores, strict=True):
+                    _check(stage, values, reasons, columns)
+                    rows[segment.index].update(values)
+                    rows[segment.index]["reject_reasons"].extend(reasons)
         for row in rows:
             row["status"] = STATUS_REJECTED if row["reject_reasons"] else STATUS_KEPT
         rows[0]["stage_seconds"] = dict(timings)
         return rows
 
-    def _score_aesthetics(self, d: DecodedClip, spans: list[tuple[float, float]], rows: list[dict[str, Any]],
-                          timings: dict[str, float]) -> None:
-        """The last, most expensive stage: one batched pass over every surviving segment's frames."""
-        self.stage = "aesthetic"
-        t0 = time.perf_counter()
-        cfg = self.cfg.aesthetic
-        picks = {i: pick_frames(d.aesthetic_times, a, b, cfg.positions) for i, (a, b) in enumerate(spans)
-                 if not rows[i]["reject_reasons"] or self.cfg.score_all}
-        picks = {i: p for i, p in picks.items() if p}
-        frames = [d.aesthetic_frames[k] for p in picks.values() for k in p]
-        scores = self.aesthetic.process(frames)
-        offset = 0
-        for i, p in picks.items():
-            score = float(scores[offset : offset + len(p)].mean())
-            offset += len(p)
-            rows[i]["aesthetic_score"] = score
-            if score < cfg.min_score:
-                rows[i]["reject_reasons"].append(REASON_LOW_AESTHETIC)
-        timings["aesthetic"] += time.perf_counter() - t0
 
-    def _ocr_frames(self, d: DecodedClip, a: float, b: float) -> list[np.ndarray]:
-        """The frames sampled at `ocr.fps` inside [a, b), thinned evenly to `ocr.max_frames`."""
-        inside = [i for i, t in enumerate(d.ocr_times) if a - 1e-6 <= t < b - 1e-6]
-        if len(inside) > self.cfg.ocr.max_frames:
-            inside = [inside[round(p)] for p in np.linspace(0, len(inside) - 1, self.cfg.ocr.max_frames)]
-        return [d.ocr_frames[i] for i in inside]
-
-
-def _frame_period(d: DecodedClip) -> float:
-    if len(d.times) > 1:
-        return float(np.median(np.diff(d.times)))
-    return 1.0 / (d.info.fps or 25.0)
+def _check(stage: Stage, values: dict[str, Any], reasons: list[str], columns: set[str]) -> None:
+    """A stage writes only score columns of the schema and gives only the reasons it declares
+    (the funnel maps each reason to its stage)."""
+    unknown = set(values) - columns
+    if unknown:
+        raise ValueError(f"columns {sorted(unknown)} are analyzer columns, or neither clip-schema columns "
+                         f"nor the stage's extra_columns")
+    undeclared = set(reasons) - set(stage.reasons)
+    if undeclared:
+        raise ValueError(f"reject reasons {sorted(undeclared)} are not among the stage's reasons {stage.reasons}")
 
 
 def _scalar(value: Any) -> Any:

@@ -1,136 +1,114 @@
-"""`soraplan-curate`: run the curation job (locally or on a Ray cluster), and its companions.
+"""`soraplan-curate`: the curation job (locally or on a Ray cluster), and its companions.
 
-    soraplan-curate --config C --input I --out O [key=value ...]    the job
-    soraplan-curate report <out>                                    report.html
-    soraplan-curate export <out> --format osp|opensora --to FILE    trainer annotations
-    soraplan-curate weights download --to DIR [--config C] [key=value ...]
+    soraplan-curate run --config C --input I --out O [--video-root D] [--address auto]
+                        [--weights-dir W] [key.path=value ...]                     the job
+    soraplan-curate report <out> [--to FILE] [--per-reason N]                      report.html
+    soraplan-curate export <out> --format osp|opensora --to FILE                   trainer annotations
+    soraplan-curate weights download --to DIR [--config C] [key.path=value ...]    fetch weights
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import sys
 from pathlib import Path
+from typing import Any
 
-from soraplan.core.config import ConfigError, load_config
+from soraplan.core.cli import Command, console_main
+from soraplan.curation.analyze import AnalyzeConfig
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
 
+PROG = "soraplan-curate"
+DESCRIPTION = __doc__
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="soraplan-curate",
-        description="Curate a video collection into Parquet shards. Extra KEY=VALUE arguments "
-        "override config keys, e.g. analyze.motion.backend=flow ray.concurrency=4.",
-    )
-    p.add_argument("--config", help="YAML config (pipelines/configs/curate.yaml)")
+
+def weights_only_from(directory: str, cfg: AnalyzeConfig) -> None:
+    """Point every stage with weights at `directory` and forbid downloads (air-gapped clusters)."""
+    os.environ[WEIGHTS_DIR_ENV] = directory
+    os.environ["HF_HUB_OFFLINE"] = "1"  # honoured by open_clip's hub downloads and our LPIPS fetch
+    cfg.motion.weights_dir = cfg.aesthetic.weights_dir = directory
+
+
+def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="Panda-70M CSV manifest or a directory of videos (config: input)")
     p.add_argument("--video-root", help="folder holding the manifest's videos (config: video_root)")
     p.add_argument("--out", help="output folder (config: out)")
-    p.add_argument("--address", help="Ray address, e.g. auto (config: ray.address); default: local Ray")
+    p.add_argument("--address", help="Ray address, e.g. auto (config: ray.address); default: a local Ray")
     p.add_argument("--weights-dir", help=f"load model weights only from this folder, never download "
-                   f"(also ${WEIGHTS_DIR_ENV}; see `soraplan-curate weights download`)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    return p
+                   f"(also ${WEIGHTS_DIR_ENV}; see `{PROG} weights download`)")
 
 
-def weights_only_from(directory: str, overrides: list[str]) -> None:
-    """Point every scorer at `directory` and forbid downloads (air-gapped clusters)."""
-    os.environ[WEIGHTS_DIR_ENV] = directory
-    os.environ["HF_HUB_OFFLINE"] = "1"  # honoured by open_clip's hub downloads and our LPIPS fetch
-    for key in ("analyze.motion.weights_dir", "analyze.aesthetic.weights_dir"):
-        overrides.append(f"{key}={json.dumps(directory)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"report": report_main, "export": export_main, "weights": weights_main}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides)
+def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
     if args.weights_dir:
-        weights_only_from(args.weights_dir, overrides)
-    for key, value in (("input", args.input), ("video_root", args.video_root), ("out", args.out),
-                       ("ray.address", args.address)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    try:
-        cfg = load_config(CurateConfig, args.config, overrides)
-        summary = run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"soraplan-curate: {exc}", file=sys.stderr)
-        return 2
-    brief = {k: summary[k] for k in ("inputs", "rows", "kept", "rejected", "errors", "rejected_by_reason")}
-    print(json.dumps(brief))
-    return 0
+        weights_only_from(args.weights_dir, cfg.analyze)
+    summary = run(cfg)
+    return {k: summary[k] for k in ("inputs", "rows", "kept", "rejected", "errors", "rejected_by_reason")}
 
 
-def report_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="soraplan-curate report",
-                                description="Write a self-contained report.html for a curation output.")
+def report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder of a curation run")
     p.add_argument("--to", help="HTML file to write (default: <out>/report.html)")
     p.add_argument("--per-reason", type=int, default=6, help="clips shown per reject reason (and kept)")
-    args = p.parse_args(argv)
+
+
+def report(cfg: None, args: argparse.Namespace) -> Path:
     from soraplan.curation.report import write_report
 
-    path = write_report(args.out, args.to, per_reason=args.per_reason)
-    print(path)
-    return 0
+    return write_report(args.out, args.to, per_reason=args.per_reason)
 
 
-def export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="soraplan-curate export", description="Export kept clips for a trainer.")
+def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder of a curation run")
     p.add_argument("--format", required=True, choices=["osp", "opensora"],
                    help="osp: Open-Sora-Plan annotation JSON; opensora: Open-Sora CSV")
     p.add_argument("--to", required=True, help="file to write")
-    args = p.parse_args(argv)
+
+
+def export(cfg: None, args: argparse.Namespace) -> dict[str, Any]:
     from soraplan.curation.export import export_kept
 
-    count = export_kept(args.out, args.format, args.to)
-    print(json.dumps({"exported": count, "to": args.to}))
-    return 0
+    return {"exported": export_kept(args.out, args.format, args.to), "to": args.to}
 
 
-def weights_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="soraplan-curate weights",
-                                description="Fetch every weight the config needs, on a connected machine.")
+def weights_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["download"])
     p.add_argument("--to", required=True, help="weights folder; later runs use it with --weights-dir")
-    p.add_argument("--config", help="YAML config whose scorers need the weights")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_intermixed_args(argv)  # `download --to DIR key=value`: positionals on both sides
+
+
+def weights(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Fetch every weight the config's stages need, on a connected machine."""
     from soraplan.curation.aesthetic import download_laion_mlp
     from soraplan.curation.weights import ensure_lpips_alexnet
 
-    try:
-        cfg = load_config(CurateConfig, args.config, args.overrides).analyze
-    except ConfigError as exc:
-        print(f"soraplan-curate: {exc}", file=sys.stderr)
-        return 2
-    to = Path(args.to)
+    to, analyze = Path(args.to), cfg.analyze
     fetched = []
     try:
-        if cfg.motion.backend == "lpips":
+        if analyze.motion.backend == "lpips":
             fetched.append(str(ensure_lpips_alexnet(to)))
-        if cfg.aesthetic.enabled:
-            if not cfg.aesthetic.mlp_path:
+        if analyze.aesthetic.enabled:
+            if not analyze.aesthetic.mlp_path:
                 fetched.append(str(download_laion_mlp(to)))
-            cfg.aesthetic.weights_dir = str(to)
-            cfg.aesthetic.build()  # open_clip downloads its pretrained tag into <to>/open_clip
-            fetched.append(f"open_clip {cfg.aesthetic.clip_model} {cfg.aesthetic.clip_pretrained}")
-    except (OSError, ValueError) as exc:
-        print(f"soraplan-curate weights: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"weights_dir": str(to), "fetched": fetched}))
-    return 0
+            analyze.aesthetic.weights_dir = str(to)
+            analyze.aesthetic.build()  # open_clip downloads its pretrained tag into <to>/open_clip
+            fetched.append(f"open_clip {analyze.aesthetic.clip_model} {analyze.aesthetic.clip_pretrained}")
+    except (OSError, ValueError) as exc:  # a refused or failed download: the weights are not there
+        raise FileNotFoundError(f"cannot fetch weights into {to}: {exc}") from None
+    return {"weights_dir": str(to), "fetched": fetched}
 
+
+COMMANDS = [
+    Command("run", "curate a video collection into Parquet shards (local Ray, or a cluster with --address)",
+            run_job, CurateConfig, run_arguments,
+            {"input": "input", "video_root": "video_root", "out": "out", "address": "ray.address"}),
+    Command("report", "write a self-contained report.html for a curation output", report,
+            arguments=report_arguments),
+    Command("export", "export the kept clips for a trainer", export, arguments=export_arguments),
+    Command("weights", "`weights download`: fetch the weights the config's stages need", weights,
+            CurateConfig, weights_arguments),
+]
+
+main = console_main(PROG, DESCRIPTION, COMMANDS)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

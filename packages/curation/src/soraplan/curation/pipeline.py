@@ -1,30 +1,32 @@
 """The curation job: input clips -> Ray Data actor pool -> Parquet shards + summary.
 
-Resume is keyed on clip ids: input clips whose rows are already in `<out>/clips` are skipped,
-and files left unreadable by a killed run are moved aside, so a rerun adds exactly the
-missing clips. Files are only ever added, never rewritten.
+The output folder follows core's job-output convention (`soraplan.core.outputs`): run.yaml,
+result files under `<out>/clips`, unreadable files of a killed run moved to `<out>/partial`,
+summary.json. Resume is keyed on input clip ids: clips whose rows are already in `<out>/clips`
+are skipped, so a rerun adds exactly the missing clips. Files are only ever added.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import shutil
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
-from soraplan.core.config import dump_yaml
+from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.inputs import InputClip, read_inputs
-from soraplan.curation.motion import set_threads
-from soraplan.core.ray_session import init_ray
+from soraplan.core.outputs import done_ids, move_partial_files, prepare_output_dir, write_json_atomic
+from soraplan.core.ray_session import RayConfig
+from soraplan.core.schema import shard_files, write_table_atomic
+from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.resources import Resources
-from soraplan.core.schema import CLIP_SCHEMA, read_clip_table, shard_files, write_table_atomic
 from soraplan.curation.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -33,39 +35,27 @@ WRITE_TASK_CPUS = 0.1  # what each Parquet write task reserves
 
 
 @dataclass
-class RayConfig:
-    address: str | None = None  # None: start a local Ray on the spot; "auto": join a cluster
-    concurrency: int = 2  # analyzer actors
-    num_cpus: float | None = None  # per actor; None: from the enabled stages' declared needs
-    num_gpus: float | None = None  # per actor; None: the stages' GPU share, if the cluster has GPUs
-    batch_size: int = 1  # input clips per actor call
-    rows_per_file: int = 256  # rows gathered before a shard file is written
-    local_num_cpus: int | None = None  # CPUs of the local instance (default: all)
-
-
-@dataclass
 class CurateConfig:
     input: str | None = None  # Panda-70M CSV manifest or a directory of videos
     video_root: str | None = None  # where the manifest's videos live (default: its folder)
     out: str | None = None
+    rows_per_file: PositiveInt = 256  # rows gathered before a shard file is written
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
+    # ray.num_cpus / ray.num_gpus: per analyzer actor; None derives them from the stages.
+    ray: RayConfig = field(default_factory=functools.partial(RayConfig, concurrency=2))
 
 
-def _prepare_out(out: Path) -> set[str]:
-    """Move unreadable (partial) shard files aside; return source ids already done."""
-    clips_dir = out / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    for path in shard_files(clips_dir):
-        try:
-            pq.ParquetFile(path).metadata  # a file cut off mid-write has no footer
-        except (pa.ArrowInvalid, OSError) as exc:
-            aside = out / "partial" / path.name
-            aside.parent.mkdir(exist_ok=True)
-            shutil.move(str(path), aside)
-            log.warning("moved partial shard %s aside (%s)", path.name, exc)
-    done = read_clip_table(clips_dir, columns=["source_id"])
-    return set(done["source_id"].to_pylist())
+def set_threads(num_cpus: float) -> None:
+    """Keep each actor's math libraries within its CPU share, so actors don't oversubscribe."""
+    threads = max(1, int(num_cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    cv2.setNumThreads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
 
 
 class _RayClipAnalyzer(ClipAnalyzer):
@@ -109,35 +99,35 @@ def _drop_duplicate_rows(clips_dir: Path) -> None:
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Curate `cfg.input` into `cfg.out`; returns the summary (also written to summary.json)."""
     if not cfg.input or not cfg.out:
-        raise ValueError("set input and out (--input/--out or the config keys input/out)")
+        raise ConfigError("set input and out (--input/--out or the config keys input/out)")
     started = time.time()
-    # Build the scorers once in the driver first: a missing weight fails here, before any data.
-    ClipAnalyzer(cfg.analyze)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "run.yaml")
+    # Set the stages up once in the driver first: a missing weight fails here, before any data.
+    analyzer = ClipAnalyzer(cfg.analyze)
     try:
         clips = read_inputs(cfg.input, cfg.video_root)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot read input {cfg.input}: {exc}")
+        raise ConfigError(f"cannot read input {cfg.input}: {exc}") from None
+    out = prepare_output_dir(cfg.out, cfg)
+    clips_dir = out / "clips"
     unique: dict[str, InputClip] = {}
     for clip in clips:
         unique.setdefault(clip.source_id, clip)
-    done = _prepare_out(out)
+    move_partial_files(clips_dir, out)
+    done = done_ids(clips_dir, "source_id")
     todo = [c for c in unique.values() if c.source_id not in done]
     log.info("%d input clips (%d duplicates), %d already done, %d to process",
              len(clips), len(clips) - len(unique), len(unique) - len(todo), len(todo))
     if todo:
-        _run_ray(cfg, todo, out / "clips")
-    _drop_duplicate_rows(out / "clips")
+        _run_ray(cfg, todo, clips_dir, analyzer.schema)
+    _drop_duplicate_rows(clips_dir)
     summary = summarize(out, cfg, inputs=len(clips), duplicates=len(clips) - len(unique),
                         wall_s=time.time() - started)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
-def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
-    ray = init_ray(cfg.ray.address, cfg.ray.local_num_cpus)
+def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path, schema: pa.Schema) -> None:
+    ray = cfg.ray.init()
     actor = actor_resources(cfg, ray.cluster_resources().get("GPU", 0.0))
     log.info("each of %d analyzer actors reserves %s CPU, %s GPU", cfg.ray.concurrency, actor.cpus, actor.gpus)
     items = [c.to_row() for c in todo]
@@ -154,7 +144,7 @@ def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path) -> None:
     )
     ds.write_parquet(
         str(clips_dir),
-        schema=CLIP_SCHEMA,
-        min_rows_per_file=cfg.ray.rows_per_file,
+        schema=schema,
+        min_rows_per_file=cfg.rows_per_file,
         ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
     )

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from soraplan.core.schema import STATUS_ERROR, STATUS_KEPT, read_clip_table
-from soraplan.curation.summary import STAGES
 from soraplan.core.video import VideoDecodeError, fit_short_side, sample_frames
 
 THUMB_SHORT_SIDE = 96
@@ -86,10 +85,7 @@ def _score_histograms(rows: list[dict[str, Any]], config: dict[str, Any]) -> lis
 def _funnel_table(summary: dict[str, Any]) -> str:
     cells = ["<tr><th>stage</th><th>unit</th><th>in</th><th>passed</th><th>rejected</th><th>errors</th>"
              "<th>retention</th></tr>"]
-    for stage in STAGES:
-        s = summary["stages"].get(stage)
-        if s is None:
-            continue
+    for stage, s in summary["stages"].items():  # in the order the stages run
         rejected = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "0"
         retention = f"{s['passed'] / s['in']:.0%}" if s["in"] else "-"
         cells.append(f"<tr><td>{stage}</td><td>{s['unit']}</td><td>{s['in']}</td><td>{s['passed']}</td>"
