@@ -117,7 +117,7 @@ def test_scores_flow_into_the_shards_and_the_funnel(tiny_weights, media, tmp_pat
     videos.mkdir()
     for name in ("moving", "short_shot"):
         (videos / f"{name}.mp4").symlink_to(media[name])
-    cfg = CurateConfig(input=str(videos), out=str(tmp_path / "out"),
+    cfg = CurateConfig(input=str(videos), out=str(tmp_path / "out"), allow_outside_root=True,
                        analyze=analyzer(tiny_weights, min_score=-1e9).cfg,
                        ray=RayConfig(concurrency=1, local_num_cpus=2))
     try:

@@ -33,7 +33,7 @@ MAX_FIELD_CHARS = 1 << 20  # Panda-70M's longest fields are a few KB
 MAX_LITERAL_DEPTH = 4  # timestamp lists nest 2 deep
 _CSV_READ_LIMIT = 64 << 20  # what the csv module reads at all; longer fields are error rows too
 _TIMESTAMP = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*$")
-_OUTSIDE_HINT = "set allow_outside_root (curation: inputs.allow_outside_root=true) to use it on purpose"
+_OUTSIDE_HINT = "to use it on purpose, set allow_outside_root=true"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ WRITE_TASK_CPUS = 0.1  # what each Parquet write task reserves
 class CurateConfig:
     input: str | None = None  # Panda-70M CSV manifest or a directory of videos
     video_root: str | None = None  # where the manifest's videos live (default: its folder)
+    # Videos must lie inside the video root / input folder once symlinks are resolved; true
+    # admits links that point elsewhere (e.g. a folder of links into a shared store).
+    allow_outside_root: bool = False
     out: str | None = None
     rows_per_file: PositiveInt = 256  # rows gathered before a shard file is written
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
@@ -104,7 +107,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     # Set the stages up once in the driver first: a missing weight fails here, before any data.
     analyzer = ClipAnalyzer(cfg.analyze)
     try:
-        clips = read_inputs(cfg.input, cfg.video_root)
+        clips = read_inputs(cfg.input, cfg.video_root, cfg.allow_outside_root)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read input {cfg.input}: {exc}") from None
     out = prepare_output_dir(cfg.out, cfg)
