@@ -61,7 +61,8 @@ CAPTION_FIELDS: list[pa.Field] = [
 REFINED_CAPTION_FIELDS: list[pa.Field] = [pa.field("refined_caption", pa.string())]
 CAPTION_ERROR_FIELD = pa.field("caption_error", pa.string())
 
-# Reject reasons written by curation.
+# Reject reasons of the built-in curation stages. The set is open: each stage declares the
+# reasons it gives (a new stage brings its own), and readers treat unknown ones as plain strings.
 REASON_TOO_SHORT = "too_short"
 REASON_STATIC = "static"
 REASON_CHAOTIC = "chaotic"
