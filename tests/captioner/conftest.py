@@ -50,7 +50,7 @@ def refine_pairs() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tokenizer(refine_pairs):
-    from soraplan.captioner.tiny import train_tokenizer
+    from soraplan.captioner.testing import train_tokenizer
 
     corpus = [s + " " + d for s, d in refine_pairs] + [CAPTION_PROMPTS.read_text(), REFINE_PROMPTS.read_text()]
     return train_tokenizer(corpus * 4, vocab_size=600)
@@ -58,28 +58,28 @@ def tokenizer(refine_pairs):
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llama
+    from soraplan.captioner.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llava
+    from soraplan.captioner.testing import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_next_video_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llava_next_video
+    from soraplan.captioner.testing import build_tiny_llava_next_video
 
     return build_tiny_llava_next_video(tmp_path_factory.mktemp("tiny_llava_next_video"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_qwen2_vl
+    from soraplan.captioner.testing import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), tokenizer)
 
