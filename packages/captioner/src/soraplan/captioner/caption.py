@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from soraplan.captioner.frames import PROBED_COLUMNS, FrameSamplingConfig, decode_clip, unpack_frames
 from soraplan.captioner.hub import require_pretrained
@@ -37,6 +38,13 @@ from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
+# A result part: the same types in every part, whatever nulls a batch happened to hold.
+RESULT_SCHEMA = pa.schema([
+    pa.field("clip_id", pa.string()),
+    *(pa.field(c, pa.int64() if c in ("width", "height") else pa.float64()) for c in PROBED_COLUMNS),
+    *CAPTION_FIELDS, CAPTION_ERROR_FIELD,
+    pa.field("caption_tokens", pa.int64()), pa.field("caption_seconds", pa.float64()),
+])
 
 
 @dataclass
@@ -131,10 +139,10 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                                 **model_stage(cfg.ray))
         with Progress(len(pending), "caption", "clip") as progress:
             for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pandas"):
-                rows = batch.to_dict("records")
-                tokens += int(sum(r["caption_tokens"] for r in rows))
-                model_seconds += float(sum(r["caption_seconds"] for r in rows))
-                write_part(out / PARTS_DIR, [_plain(r) for r in rows])
+                rows = [_plain(r) for r in batch.to_dict("records")]
+                tokens += sum(r["caption_tokens"] for r in rows)
+                model_seconds += sum(r["caption_seconds"] for r in rows)
+                write_part(out / PARTS_DIR, rows, RESULT_SCHEMA)
                 progress.update(len(rows), tokens=tokens)
     wall = time.perf_counter() - start
 

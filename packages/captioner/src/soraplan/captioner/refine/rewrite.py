@@ -32,6 +32,9 @@ from soraplan.core.schema import REFINED_CAPTION_FIELDS
 
 # Not in the shared schema: why a kept row has no refined_caption.
 REFINE_ERROR_FIELD = pa.field("refine_error", pa.string())
+# A result part: the same types in every part, whatever nulls a batch happened to hold.
+RESULT_SCHEMA = pa.schema([pa.field("clip_id", pa.string()), *REFINED_CAPTION_FIELDS, REFINE_ERROR_FIELD,
+                           pa.field("refine_tokens", pa.int64())])
 
 
 @dataclass
@@ -173,7 +176,7 @@ def rewrite_shards(cfg: RewriteJobConfig) -> dict[str, Any]:
         with Progress(len(items), "rewrite", "row") as progress:
             for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pyarrow"):
                 tokens += int(pa.compute.sum(batch["refine_tokens"]).as_py() or 0)
-                write_part(out / PARTS_DIR, batch.to_pylist())
+                write_part(out / PARTS_DIR, batch.to_pylist(), RESULT_SCHEMA)
                 progress.update(batch.num_rows, tokens=tokens)
     wall = time.perf_counter() - start
     results = latest_results(out)

@@ -172,7 +172,7 @@ class RefinerTrainer(Trainer):
 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(cfg.dtype))
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = get_peft_model(model, cfg.lora.build()).to(self.device)
         optimizer = cfg.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
         scheduler = cfg.optimizer.build_scheduler(optimizer, self.planned_steps)
