@@ -58,7 +58,6 @@ def test_zero2_training_under_deepspeed_launcher(tiny_llama_dir, refine_pairs, t
         assert summary["eval_loss_after"] == pytest.approx(metrics["eval_loss_after"], rel=1e-6)
 
     # The saved adapter loads back onto the base model and gives the run's held-out loss.
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -92,15 +92,12 @@ class RefineTrainConfig(TrainerConfig):
     eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # held-out share of the pairs
     gradient_checkpointing: bool = True
     # The frozen base weights; the LoRA weights train in float32, or bf16 with precision=bf16.
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
     def validate(self) -> None:
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of "
                               f"micro_batch_size {self.micro_batch_size}")
-        if self.precision == "bf16" and self.dtype == "float16":
-            raise ConfigError("dtype=float16 with precision=bf16: DeepSpeed would cast the model to bf16; "
-                              "set dtype=bfloat16")
 
 
 def prepare_pairs(cfg: RefineTrainConfig) -> list[RefinePair]:
@@ -184,7 +181,7 @@ class RefinerTrainer(Trainer):
         """The pairs; generated dense targets are written once (rank 0) to <output_dir>/pairs.jsonl,
         which every rank and every resumed run then reads, so all train on the same targets."""
         if not self.cfg.dense_targets.enabled:
-            return load_pairs(self.cfg.data)
+            return prepare_pairs(self.cfg)
         cached = self.out / PAIRS_FILE
         if self.rank == 0 and not cached.is_file():
             save_pairs(prepare_pairs(self.cfg), cached)
