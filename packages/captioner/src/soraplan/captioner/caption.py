@@ -128,7 +128,6 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     model_seconds = 0.0
     if pending:
         ray = cfg.ray.init()
-
         ds = ray.data.from_items(pending).map(decode_clip, fn_kwargs={"frames_cfg": cfg.frames}, num_cpus=cfg.decode_num_cpus)
         if cfg.backend == "vllm":
             from soraplan.captioner.vllm_backend import caption_with_vllm

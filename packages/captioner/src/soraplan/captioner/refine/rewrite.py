@@ -146,8 +146,9 @@ def rewrite_text_file(cfg: RewriteJobConfig) -> dict[str, Any]:
     results: list[Generated] = []
     with Progress(len(prompts), "rewrite", "prompt") as progress:
         for i in range(0, len(prompts), cfg.ray.batch_size):
-            results.extend(refiner.rewrite(prompts[i : i + cfg.ray.batch_size]))
-            progress.update(len(prompts[i : i + cfg.ray.batch_size]))
+            batch = prompts[i : i + cfg.ray.batch_size]
+            results.extend(refiner.rewrite(batch))
+            progress.update(len(batch))
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text("".join((r.text or "") + "\n" for r in results))
     tokens = sum(r.num_tokens for r in results)
