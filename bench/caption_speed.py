@@ -22,7 +22,7 @@ import numpy as np
 
 from soraplan.captioner.caption import CaptionJobConfig, run
 from soraplan.captioner.prompts import PromptConfig
-from soraplan.captioner.tiny import build_tiny_llava, train_tokenizer
+from soraplan.captioner.testing import build_tiny_llava, train_tokenizer
 from soraplan.captioner.vlm import VLMConfig
 from soraplan.core.ray_session import init_ray
 from soraplan.core.video import write_video
@@ -74,7 +74,7 @@ def main() -> None:
                                prompt=PromptConfig(file=str(PROMPTS), id="video_describe"))
         cfg.vlm = VLMConfig(model=str(model), dtype="float32", device="cpu")
         cfg.vlm.generation.max_new_tokens = args.max_new_tokens
-        cfg.actors.batch_size, cfg.actors.num_cpus, cfg.decode_num_cpus = batch_size, 0.5, 0.25  # unequal: no fusion
+        cfg.ray.batch_size, cfg.ray.num_cpus, cfg.decode_num_cpus = batch_size, 0.5, 0.25  # unequal: no fusion
         s = run(cfg)
         figures[f"batch_{batch_size}"] = {
             "captioned": s["captioned"], "errors": s["errors"],

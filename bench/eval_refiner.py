@@ -12,6 +12,7 @@ the LoRA recipe and loss masking learn, not what LLaMA-3.1-8B would reach. Print
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -23,8 +24,9 @@ import torch
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.refine.data import PairSourceConfig, load_pairs, split_pairs
 from soraplan.captioner.refine.rewrite import RefinerConfig
-from soraplan.captioner.refine.train import RefineTrainConfig, train_refiner
-from soraplan.captioner.tiny import build_tiny_llama, train_tokenizer
+from soraplan.captioner.refine.train import RefinerTrainer, RefineTrainConfig
+from soraplan.captioner.testing import build_tiny_llama, train_tokenizer
+from soraplan.core.train.config import OptimizerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _devset import devset_dir  # noqa: E402
@@ -53,7 +55,7 @@ def main() -> None:
     source = PairSourceConfig(path=str(vbench / "short_prompts.txt"), dense_path=str(vbench / "dense_prompts.txt"))
     pairs = load_pairs(source)
     seed = 0
-    train_pairs, heldout = split_pairs(pairs, args.heldout, seed)  # the same split train_refiner makes
+    train_pairs, heldout = split_pairs(pairs, args.heldout, seed)  # the same split the trainer makes
     work = Path(args.out or tempfile.mkdtemp(prefix="eval_refiner_"))
     base = args.base_model
     if not base:
@@ -64,15 +66,15 @@ def main() -> None:
     cfg = RefineTrainConfig(
         base_model=base, output_dir=str(work / "run"), data=source,
         prompt=PromptConfig(file=str(PROMPTS), id="osp_refine"),
-        epochs=1000.0, max_seconds=args.minutes * 60, global_batch_size=32, micro_batch_size=8,
-        lr=args.lr, eval_fraction=args.heldout, seed=seed, dtype="float32", device="cpu", log_every=10,
+        epochs=1000.0, max_minutes=args.minutes, global_batch_size=32, micro_batch_size=8,
+        optimizer=OptimizerConfig(lr=args.lr, warmup_ratio=0.1, schedule="linear"),
+        eval_fraction=args.heldout, seed=seed, dtype="float32", cpu_threads=args.threads, log_every=10,
     )
-    # The warmup/decay schedule is planned over the steps that fit in the time bound.
-    probe = train_refiner(RefineTrainConfig(**{**cfg.__dict__, "output_dir": str(work / "probe"), "max_steps": 2}))
-    seconds_per_step = probe.metrics["train_seconds"] / max(probe.metrics["steps"], 1)
-    cfg.max_steps = max(1, int(cfg.max_seconds / seconds_per_step))
-    result = train_refiner(cfg)
-    m = result.metrics
+    # The warm-up/decay schedule is planned over the steps that fit in the time bound.
+    probe = RefinerTrainer(dataclasses.replace(cfg, output_dir=str(work / "probe"), steps=2)).run()
+    seconds_per_step = probe["train_seconds"] / max(probe["steps"], 1)
+    cfg.steps = max(1, int(args.minutes * 60 / seconds_per_step))
+    m = RefinerTrainer(cfg).run()
 
     refiner_cfg = RefinerConfig(model=base, adapter=str(work / "run" / "adapter"), dtype="float32", device="cpu",
                                 prompt=cfg.prompt)

@@ -3,8 +3,10 @@ saved to disk, a local Ray, synthetic clips. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,10 @@ from soraplan.core.video import write_video
 # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU OpenMP's spinning
 # threads made them 10x slower.
 torch.set_num_threads(1)
+# DeepSpeed JIT-builds an op at its first start (minutes on 2 cores) into one cache folder per op
+# name; venvs at other paths (other checkouts) rebuild it over each other. One folder per venv.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+    Path.home() / ".cache" / "torch_extensions" / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]}"))
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTION_PROMPTS = REPO / "pipelines" / "configs" / "prompts" / "caption.yaml"
@@ -50,7 +56,7 @@ def refine_pairs() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tokenizer(refine_pairs):
-    from soraplan.captioner.tiny import train_tokenizer
+    from soraplan.captioner.testing import train_tokenizer
 
     corpus = [s + " " + d for s, d in refine_pairs] + [CAPTION_PROMPTS.read_text(), REFINE_PROMPTS.read_text()]
     return train_tokenizer(corpus * 4, vocab_size=600)
@@ -58,28 +64,28 @@ def tokenizer(refine_pairs):
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llama
+    from soraplan.captioner.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llava
+    from soraplan.captioner.testing import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_next_video_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_llava_next_video
+    from soraplan.captioner.testing import build_tiny_llava_next_video
 
     return build_tiny_llava_next_video(tmp_path_factory.mktemp("tiny_llava_next_video"), tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
-    from soraplan.captioner.tiny import build_tiny_qwen2_vl
+    from soraplan.captioner.testing import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), tokenizer)
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from soraplan.captioner.hub import ModelSourceError
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.vlm import VLMConfig
 from soraplan.core.config import load_config
+from soraplan.core.inputs import folder_video_id, span_id
 from soraplan.core.schema import read_clip_table
 from soraplan.core.video import VideoDecodeError
 
@@ -19,8 +21,8 @@ def job_config(model_dir, input_dir, out_dir, **kw) -> CaptionJobConfig:
     cfg = CaptionJobConfig(input=str(input_dir), out=str(out_dir), prompt=PromptConfig(file=str(CAPTION_PROMPTS)), **kw)
     cfg.vlm = VLMConfig(model=str(model_dir), dtype="float32", device="cpu")
     cfg.vlm.generation.max_new_tokens = 8
-    cfg.actors.batch_size = 2
-    cfg.actors.num_cpus = 0.5
+    cfg.ray.batch_size = 2
+    cfg.ray.num_cpus = 0.5
     cfg.decode_num_cpus = 0.25
     cfg.part_rows = 2
     return cfg
@@ -142,10 +144,12 @@ def test_caption_job_end_to_end_with_resume(ray_session, tiny_llava_dir, clip_sh
     assert first["processed_this_run"] == 3 and first["rows_out"] == first["rows_in"] == 5
     assert first["captioned"] == 2 and first["errors"] == 1 and first["missing"] == 1
     captions_before = {r["clip_id"]: r["vlm_caption"] for r in read_clip_table(out).to_pylist()}
+    (out / "parts" / "part-99999999999999999999-cutoff.parquet").write_bytes(b"PAR1 cut off mid-write")
 
     cfg.limit = None
     second = run(cfg)  # resumes: c2 is new, the corrupt clip is retried, c0 and c1 are kept
     assert second["processed_this_run"] == 2 and second["resumed_from_previous_runs"] == 2
+    assert [p.name for p in (out / "partial").iterdir()] == ["part-99999999999999999999-cutoff.parquet"]
     assert second["kept"] == 4 and second["captioned"] == 3 and second["errors"] == 1 and second["missing"] == 0
     assert second["generated_tokens"] > 0 and second["tokens_per_s"] > 0
     assert json.loads((out / "summary.json").read_text()) == second
@@ -190,8 +194,28 @@ def test_cli_on_directory_of_clips(ray_session, tiny_llava_dir, clip_shards, tmp
     ])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_out"] == 4 and summary["captioned"] == 3 and summary["errors"] == 1
-    rows = {r["clip_id"]: r for r in read_clip_table(out).to_pylist()}
+    # Clip ids are core's folder ids (file stem + hash of the relative path, whole-file span).
+    rows = {Path(r["path"]).stem: r for r in read_clip_table(out).to_pylist()}
+    assert rows["clip0"]["clip_id"] == span_id(folder_video_id(clip_shards / "videos", rows["clip0"]["path"]), 0.0, None)
     assert rows["clip0"]["end_s"] == pytest.approx(2.0) and rows["clip0"]["width"] == 64
     assert rows["corrupt"]["caption_error"].startswith("decode failed")
+    assert (out / "run.yaml").is_file()
     cfg = load_config(CaptionJobConfig, config)
-    assert cfg.actors.num_cpus < 1  # the shipped CPU config must not deadlock a 2-CPU node
+    assert cfg.ray.num_cpus < 1  # the shipped CPU config must not deadlock a 2-CPU node
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "soraplan-caption: set both --input (or input=) and --out (or out=)"),
+    (["--input", "x", "--out", "y", "ray.batch_size=0"], "ray.batch_size: 0 is out of range"),
+    (["--input", "x", "--out", "y", "actors.batch_size=4"], "unknown config key(s) ['actors']"),
+    (["--input", "x", "--out", "y", "frames.positions=[0.5, 1.5]"], "frames.positions[1]: 1.5 is out of range"),
+    (["--input", "x", "--out", "y", "ray.num_cpus=0.5", "decode_num_cpus=0.5"], "give them different values"),
+    (["--input", "x", "--out", "y", "vlm.model=/no/such/model"], "model path does not exist: /no/such/model; set vlm.model"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "y").exists()

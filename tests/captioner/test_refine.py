@@ -1,6 +1,7 @@
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ from soraplan.captioner.refine.data import (
     load_pairs,
     split_pairs,
 )
-from soraplan.captioner.refine.train import RefineTrainConfig, prepare_pairs, train_refiner
+from soraplan.captioner.refine.train import RefinerTrainer, RefineTrainConfig, prepare_pairs
+from soraplan.core.config import load_config
 
 from .conftest import REFINE_PROMPTS, REPO
 
@@ -22,6 +24,21 @@ from .conftest import REFINE_PROMPTS, REPO
 def write_jsonl(path, pairs):
     path.write_text("".join(json.dumps({"short": s, "dense": d}) + "\n" for s, d in pairs))
     return path
+
+
+def train_config(base_model, output_dir, data, **items) -> RefineTrainConfig:
+    """A refiner config loaded (and checked) like the CLI's; one thread: tiny models gain nothing
+    from more on a shared CPU."""
+    items = {"base_model": base_model, "output_dir": output_dir, "data.path": data, "prompt.file": REFINE_PROMPTS,
+             "dtype": "float32", "cpu_threads": 1, **items}
+    return load_config(RefineTrainConfig, None, [f"{k}={v}" for k, v in items.items()])
+
+
+def train_losses(output_dir) -> list[float]:
+    """The loss of every step from metrics.jsonl (a resumed step's later line wins)."""
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    by_step = {row["step"]: row["loss"] for row in lines}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def test_pair_formats(tmp_path, refine_pairs):
@@ -122,21 +139,19 @@ def test_dense_targets_from_openai_compatible_server(tmp_path, monkeypatch):
 def trained(tmp_path_factory, tiny_llama_dir, refine_pairs):
     root = tmp_path_factory.mktemp("refiner")
     data = write_jsonl(root / "pairs.jsonl", refine_pairs)
-    cfg = RefineTrainConfig(
-        base_model=str(tiny_llama_dir), output_dir=str(root / "run"), data=PairSourceConfig(path=str(data)),
-        prompt=PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine"), epochs=2, global_batch_size=8,
-        micro_batch_size=4, lr=1e-2, eval_fraction=0.15, dtype="float32", device="cpu", log_every=1000,
-    )
-    return cfg, train_refiner(cfg)
+    cfg = train_config(tiny_llama_dir, root / "run", data, epochs=2, global_batch_size=8, micro_batch_size=4,
+                       eval_fraction=0.15, log_every=1000, **{"optimizer.lr": 1e-2})
+    trainer = RefinerTrainer(cfg)
+    return cfg, trainer, trainer.run()
 
 
 def test_lora_training_lowers_heldout_loss(trained):
-    cfg, result = trained
-    m = result.metrics
+    cfg, _, m = trained
     assert m["eval_pairs"] == 24 and m["train_pairs"] == 136 and m["grad_accumulation"] == 2
     assert m["steps"] == m["planned_steps"] == 2 * 17
     assert m["eval_loss_after"] < 0.3 * m["eval_loss_before"]
-    assert sum(m["train_losses"][-5:]) < sum(m["train_losses"][:5])
+    losses = train_losses(cfg.output_dir)
+    assert len(losses) == 34 and sum(losses[-5:]) < sum(losses[:5])
     adapter = f"{cfg.output_dir}/adapter"
     import os
 
@@ -146,21 +161,70 @@ def test_lora_training_lowers_heldout_loss(trained):
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+def test_run_writes_the_shared_trainer_layout(trained):
+    cfg, _, m = trained
+    out = Path(cfg.output_dir)
+    assert json.loads((out / "metrics.json").read_text()) == m
+    assert len((out / "heldout.jsonl").read_text().splitlines()) == 24
+    assert load_config(RefineTrainConfig, out / "config.yaml") == cfg  # as given: `steps` is the bound
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000034"
+    last = out / "checkpoints" / "step_00000034"
+    contents = {p.name for p in last.iterdir()}  # DeepSpeed adds its zero_to_fp32 scripts
+    assert {"model", "adapter", "train_state.json"} <= contents and "ema" not in contents  # no EMA for a LoRA
+    state = json.loads((last / "train_state.json").read_text())
+    assert state == {"step": 34, "eval_loss_before": m["eval_loss_before"]}
+    # The final adapter is the last checkpoint's, in <output_dir>/adapter for `merge`.
+    name = "adapter_model.safetensors"
+    assert (last / "adapter" / name).read_bytes() == (out / "adapter" / name).read_bytes()
+    assert (out / "tensorboard").is_dir()
+
+
 def test_adapter_round_trip_is_exact(trained, tiny_llama_dir):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg, result = trained
+    cfg, trainer, _ = trained
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), f"{cfg.output_dir}/adapter")
-    trained_sd = {k: v for k, v in result.model.state_dict().items() if "lora_" in k}
+    trained_sd = {k: v for k, v in trainer.model.state_dict().items() if "lora_" in k}
     loaded_sd = {k: v for k, v in loaded.state_dict().items() if "lora_" in k}
     assert trained_sd.keys() == loaded_sd.keys() and len(trained_sd) == 2 * 7 * 2
     assert all(torch.equal(trained_sd[k], loaded_sd[k]) for k in trained_sd)
     ids = torch.randint(3, 500, (2, 12))
-    result.model.eval()
+    trainer.model.eval()
     with torch.no_grad():
-        assert torch.equal(result.model(input_ids=ids).logits, loaded.eval()(input_ids=ids).logits)
+        assert torch.equal(trainer.model(input_ids=ids).logits, loaded.eval()(input_ids=ids).logits)
+
+
+def test_resume_repeats_the_uninterrupted_run(tiny_llama_dir, refine_pairs, tmp_path):
+    """A run killed after step 3 resumes from its step-2 checkpoint and ends where an uninterrupted
+    run ends: same losses, same adapter, bit for bit."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", refine_pairs[:44])  # 40 to train: 5 steps of 8
+    items = {"global_batch_size": 8, "micro_batch_size": 4, "eval_fraction": 0.1, "checkpoint.every": 2,
+             "optimizer.lr": 1e-2}
+    straight = RefinerTrainer(train_config(tiny_llama_dir, tmp_path / "straight", data, **items)).run()
+
+    class KilledAfterStep3(RefinerTrainer):
+        def after_step(self, stats):
+            if self.step == 3:
+                raise RuntimeError("killed")
+
+    cfg = train_config(tiny_llama_dir, tmp_path / "resumed", data, **items)
+    with pytest.raises(RuntimeError, match="killed"):
+        KilledAfterStep3(cfg).run()
+    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step_00000002"
+    trainer = RefinerTrainer(cfg)
+    assert trainer.step == 2
+    resumed = trainer.run()
+
+    assert straight["steps"] == resumed["steps"] == 5
+    assert resumed["eval_loss_before"] == straight["eval_loss_before"]  # kept from the killed run
+    assert resumed["eval_loss_after"] == straight["eval_loss_after"]
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ["straight", "resumed"])
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 def test_merged_model_matches_adapter(trained, tiny_llama_dir, tmp_path):
@@ -170,7 +234,7 @@ def test_merged_model_matches_adapter(trained, tiny_llama_dir, tmp_path):
 
     from soraplan.captioner.refine.cli import main
 
-    cfg, _ = trained
+    cfg, _, _ = trained
     main(["merge", f"base_model={tiny_llama_dir}", f"adapter={cfg.output_dir}/adapter",
           f"output_dir={tmp_path / 'merged'}", "dtype=float32"])
     # Compared in float64: float32 summation-order noise alone reaches 1e-5 on logits near 10.
@@ -192,7 +256,8 @@ def test_merged_model_matches_adapter(trained, tiny_llama_dir, tmp_path):
 def test_missing_base_model_fails_fast(tmp_path):
     cfg = RefineTrainConfig(base_model=str(tmp_path / "nope"), output_dir=str(tmp_path / "o"))
     with pytest.raises(ModelSourceError, match="base_model"):
-        train_refiner(cfg)
+        RefinerTrainer(cfg)
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
@@ -200,10 +265,37 @@ def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
 
     data = write_jsonl(tmp_path / "pairs.jsonl", refine_pairs[:40])
     main(["train", "--config", str(REPO / "pipelines/configs/refine_tiny.yaml"), f"base_model={tiny_llama_dir}",
-          f"data.path={data}", f"output_dir={tmp_path / 'run'}", f"prompt.file={REFINE_PROMPTS}", "max_steps=2"])
+          f"data.path={data}", f"output_dir={tmp_path / 'run'}", f"prompt.file={REFINE_PROMPTS}", "steps=2",
+          "cpu_threads=1"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["train_pairs"] == 36
+    assert metrics["steps"] == metrics["planned_steps"] == 2 and metrics["train_pairs"] == 36
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "base_model="], "soraplan-refine train: no model configured: set base_model="),
+    (["train", "base_model={base}", "data.path=no_pairs.jsonl"], "training pairs not found: no_pairs.jsonl"),
+    (["train", "global_batch_size=6", "micro_batch_size=4"], "global_batch_size 6 is not a multiple of micro_batch_size 4"),
+    (["train", "lora.dropout=1.0"], "lora.dropout: 1.0 is out of range"),
+    (["train", "lr=0.01"], "unknown config key(s) ['lr']"),
+    (["train", "dense_targets.enabled=true"], "dense targets need dense_targets.base_url and dense_targets.model"),
+    (["merge", "base_model=/no/model", "adapter=a", "output_dir=m"], "model path does not exist: /no/model; set base_model"),
+    (["merge", "base_model={base}", "adapter={base}", "output_dir=m"], "has no adapter_config.json; set adapter"),
+    (["rewrite", "--input", "prompts.txt"], "soraplan-refine rewrite: set both --input (or input=) and --out"),
+    (["rewrite", "ray.concurrency=0"], "ray.concurrency: 0 is out of range"),
+    (["rewrite", "--input", "p.txt", "--out", "o.txt", "refiner.model={base}", "refiner.prompt.id=nope",
+      f"refiner.prompt.file={REFINE_PROMPTS}"], "prompt.id: 'nope' is not in"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(argv, message, tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    from soraplan.captioner.refine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.txt").write_text("a dog runs\n")
+    with pytest.raises(SystemExit) as exc:
+        main([a.replace("{base}", str(tiny_llama_dir)) for a in argv] + [f"prompt.file={REFINE_PROMPTS}"] * (argv[0] == "train"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]  # nothing written
 
 
 def test_rewrite_text_file_and_shards(trained, tiny_llama_dir, ray_session, tmp_path):
@@ -211,7 +303,7 @@ def test_rewrite_text_file_and_shards(trained, tiny_llama_dir, ray_session, tmp_
     from soraplan.captioner.refine.rewrite import RefinerConfig, RewriteJobConfig, run_rewrite
     from soraplan.core.schema import STATUS_KEPT, STATUS_REJECTED, empty_clip_row, read_clip_table, rows_to_table, schema_with, CAPTION_FIELDS, write_table_atomic
 
-    cfg, _ = trained
+    cfg, _, _ = trained
     shorts = ["a dog runs on the beach", "an old man walks in a park", "a horse waits by a lake"]
     (tmp_path / "prompts.txt").write_text("\n".join(shorts) + "\n")
     refiner = RefinerConfig(
@@ -238,7 +330,7 @@ def test_rewrite_text_file_and_shards(trained, tiny_llama_dir, ray_session, tmp_
     write_table_atomic(table, tmp_path / "captioned" / "clips" / "s0.parquet")
     (tmp_path / "rewrite.yaml").write_text(
         "refiner: {dtype: float32, device: cpu, generation: {max_new_tokens: 40}}\n"
-        "actors: {batch_size: 2, concurrency: 1, num_cpus: 0.5}\n"
+        "ray: {batch_size: 2, concurrency: 1, num_cpus: 0.5}\n"
     )
     main(["rewrite", "--config", str(tmp_path / "rewrite.yaml"), "--input", str(tmp_path / "captioned"),
           "--out", str(tmp_path / "refined"), f"refiner.model={tiny_llama_dir}",

@@ -26,8 +26,8 @@ def test_zero2_training_under_deepspeed_launcher(tiny_llama_dir, refine_pairs, t
         "--master_port", str(port), f"--enable_each_rank_log={logs}", str(REPO / "pipelines/refine.py"), "train",
         "--config", str(REPO / "pipelines/configs/refine_tiny.yaml"),
         f"base_model={tiny_llama_dir}", f"data.path={data}", f"output_dir={run}",
-        f"prompt.file={REFINE_PROMPTS}", "deepspeed.enabled=true", "deepspeed.zero_stage=2", "epochs=2",
-        "global_batch_size=8", "micro_batch_size=2", "lr=0.01", "log_every=1",
+        f"prompt.file={REFINE_PROMPTS}", "zero_stage=2", "epochs=2",
+        "global_batch_size=8", "micro_batch_size=2", "optimizer.lr=0.01", "log_every=1", "checkpoint.every=9",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
@@ -36,26 +36,34 @@ def test_zero2_training_under_deepspeed_launcher(tiny_llama_dir, refine_pairs, t
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["grad_accumulation"] == 2
     assert metrics["steps"] == 2 * 9  # 72 train pairs / (2 ranks x 2 micro x 2 accumulation), 2 epochs
-    assert all(math.isfinite(loss) for loss in metrics["train_losses"])
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 19)) and all(math.isfinite(s["loss"]) for s in steps)
     assert metrics["eval_loss_after"] < 0.5 * metrics["eval_loss_before"]
+    # Both ranks wrote their ZeRO-2 shards into each checkpoint of the shared layout.
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000018"
+    for tag in ["step_00000009", "step_00000018"]:
+        shards = sorted(p.name for p in (run / "checkpoints" / tag / "model").glob("*optim_states.pt"))
+        assert len(shards) == 2, shards
+        assert (run / "checkpoints" / tag / "adapter" / "adapter_model.safetensors").exists()
     # Each rank ran the command (the launcher keeps one log a rank) and printed its own summary of
     # the same 18 steps; after ZeRO-2's gathers both hold the same weights, so the same held-out loss.
     rank_logs = {p.name.rsplit("_", 1)[1]: p.read_text() for p in logs.iterdir()}  # <time>_rank<N>.log
     assert sorted(rank_logs) == ["rank0.log", "rank1.log"]
-    assert sum('"step": ' in line for line in rank_logs["rank0.log"].splitlines()) == 18
+    # Progress lines (step / total) come from rank 0 only, one a step with log_every=1.
+    assert sum("refine: " in line and "/18 (" in line for line in rank_logs["rank0.log"].splitlines()) == 18
+    assert "/18 (" not in rank_logs["rank1.log"]
     for text in rank_logs.values():
         summary = json.loads(text[text.index("\n{\n") : text.rindex("}") + 1])
         assert summary["world_size"] == 2 and summary["steps"] == 18
         assert summary["eval_loss_after"] == pytest.approx(metrics["eval_loss_after"], rel=1e-6)
 
     # The saved adapter loads back onto the base model and gives the run's held-out loss.
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from soraplan.captioner.prompts import PromptConfig
     from soraplan.captioner.refine.data import PairSourceConfig, encode_pair, load_pairs
-    from soraplan.captioner.refine.train import mean_loss
+    from soraplan.captioner.refine.train import answer_loss
 
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), run / "adapter").eval()
@@ -63,5 +71,5 @@ def test_zero2_training_under_deepspeed_launcher(tiny_llama_dir, refine_pairs, t
     template = PromptConfig(file=str(REFINE_PROMPTS), id="osp_refine").build()
     heldout = [encode_pair(tokenizer, template, p, 256) for p in load_pairs(PairSourceConfig(path=str(run / "heldout.jsonl")))]
     assert len(heldout) == 8
-    loss = mean_loss(model, heldout, tokenizer.pad_token_id, 2, "cpu")
-    assert loss == pytest.approx(metrics["eval_loss_after"], rel=1e-4)
+    total, count = answer_loss(model, heldout, tokenizer.pad_token_id, 2, "cpu")
+    assert total / count == pytest.approx(metrics["eval_loss_after"], rel=1e-4)

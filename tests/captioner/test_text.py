@@ -26,9 +26,11 @@ def test_prompt_templates_by_id():
 def test_prompt_errors_name_the_key(tmp_path):
     import pytest
 
+    from soraplan.core.config import ConfigError
+
     with pytest.raises(FileNotFoundError, match="prompt.file"):
         PromptConfig(file=str(tmp_path / "nope.yaml")).build()
-    with pytest.raises(KeyError, match="video_describe"):
+    with pytest.raises(ConfigError, match="prompt.id: 'missing' .*video_describe"):
         PromptConfig(file=str(CAPTION_PROMPTS), id="missing").build()
 
 
@@ -75,8 +77,12 @@ def test_shipped_configs_load():
         assert cfg.prompt.build().id == cfg.prompt.id
     recipe = load_config(RefineTrainConfig, configs / "refine_llama3.yaml")
     assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (64, 64, 0.1)
-    assert (recipe.epochs, recipe.global_batch_size, recipe.lr, recipe.warmup_ratio) == (1.0, 32, 1.5e-4, 0.1)
-    assert recipe.gradient_checkpointing and recipe.deepspeed.enabled and recipe.deepspeed.zero_stage == 2
+    optimizer = recipe.optimizer
+    assert (recipe.epochs, recipe.global_batch_size, optimizer.lr, optimizer.warmup_ratio) == (1.0, 32, 1.5e-4, 0.1)
+    assert optimizer.schedule == "linear" and not recipe.ema.enabled
+    assert recipe.gradient_checkpointing and recipe.zero_stage == 2
     assert load_config(RefineTrainConfig, configs / "refine_tiny.yaml").dtype == "float32"
+    # Defaults alone are the recipe too.
+    assert load_config(RefineTrainConfig).optimizer == optimizer
     assert load_config(MergeConfig, configs / "refine_merge.yaml").adapter == "runs/refiner/adapter"
     assert load_config(RewriteJobConfig, configs / "refine_rewrite.yaml").refiner.prompt.id == "osp_refine"

@@ -14,10 +14,9 @@ from soraplan.captioner.caption import CaptionJobConfig, run
 from soraplan.captioner.frames import FrameSamplingConfig, decode_clip, unpack_frames
 from soraplan.captioner.generation import GenerationConfig
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
-from soraplan.captioner.shards import ActorPoolConfig
 from soraplan.captioner.vllm_backend import (
     ERROR_KEY,
-    VLLMSettings,
+    VLLMConfig,
     engine_config,
     sampling_params,
     to_request,
@@ -25,7 +24,8 @@ from soraplan.captioner.vllm_backend import (
     vllm_processor,
 )
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.core.config import ConfigError
+from soraplan.core.config import ConfigError, load_config
+from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import read_clip_table
 
 from .conftest import CAPTION_PROMPTS
@@ -121,19 +121,21 @@ def test_results_from_generated_failed_and_undecoded_rows(decoded):
 
 
 def test_engine_config_from_our_config(tiny_llava_next_video_dir):
-    vlm = VLMConfig(model=str(tiny_llava_next_video_dir), dtype="bfloat16")
-    actors = ActorPoolConfig(batch_size=16, concurrency=4)
-    settings = VLLMSettings(accelerator_type="A100", engine_kwargs={"max_model_len": 8192, "tensor_parallel_size": 2})
-    config = engine_config(vlm, settings, actors, "video", 8)
+    job = load_config(CaptionJobConfig, None, [
+        "backend=vllm", f"vlm.model={tiny_llava_next_video_dir}", "vlm.dtype=bfloat16", "ray.batch_size=16",
+        "ray.concurrency=4", "vllm.accelerator_type=A100", "vllm.engine_kwargs={max_model_len: 8192, tensor_parallel_size: 2}",
+    ])
+    vlm, actors = job.vlm, job.ray
+    config = engine_config(vlm, job.vllm, actors, "video", 8)
     assert config.model_source == str(tiny_llava_next_video_dir)
     assert (config.batch_size, config.concurrency, config.accelerator_type) == (16, 4, "A100")
     assert config.should_continue_on_error
     kwargs = {k: v for k, v in config.engine_kwargs.items() if k != "task_type"}  # Ray adds task_type
     assert kwargs == {"dtype": "bfloat16", "limit_mm_per_prompt": {"video": 1}, "max_model_len": 8192, "tensor_parallel_size": 2}
-    images = engine_config(vlm, VLLMSettings(), actors, "images", 8)
+    images = engine_config(vlm, VLLMConfig(), actors, "images", 8)
     assert images.engine_kwargs["limit_mm_per_prompt"] == {"image": 8} and images.accelerator_type is None
     # The engine arguments win over the derived ones, also in the message-parsing stage.
-    custom = engine_config(vlm, VLLMSettings(engine_kwargs={"limit_mm_per_prompt": {"image": 2}}), actors, "images", 8)
+    custom = engine_config(vlm, VLLMConfig(engine_kwargs={"limit_mm_per_prompt": {"image": 2}}), actors, "images", 8)
     assert custom.engine_kwargs["limit_mm_per_prompt"] == {"image": 2}
     assert custom.prepare_multimodal_stage["model_config_kwargs"] == {"limit_mm_per_prompt": {"image": 2}}
 
@@ -149,8 +151,8 @@ def test_ray_builds_the_processor_without_vllm(ray_session, tiny_llava_next_vide
     """ray.data.llm imports and builds its stages lazily: this runs without vllm; the stages would not."""
     prompt = PromptConfig(file=str(CAPTION_PROMPTS)).build()
     vlm = VLMConfig(model=str(tiny_llava_next_video_dir), dtype="bfloat16")
-    settings = VLLMSettings(accelerator_type="A100", engine_kwargs={"max_model_len": 4096})
-    processor = vllm_processor(vlm, settings, prompt, ActorPoolConfig(batch_size=16, concurrency=2), 3)
+    settings = VLLMConfig(accelerator_type="A100", engine_kwargs={"max_model_len": 4096})
+    processor = vllm_processor(vlm, settings, prompt, RayConfig(batch_size=16, concurrency=2), 3)
     assert processor.list_stage_names() == [
         "PrepareMultimodalStage", "ChatTemplateStage", "TokenizeStage", "vLLMEngineStage", "DetokenizeStage",
     ]
@@ -166,7 +168,7 @@ def test_ray_builds_the_processor_without_vllm(ray_session, tiny_llava_next_vide
     request = processor.preprocess(dict(decoded["c0"]))["__data"]
     assert [c["type"] for c in request["messages"][0]["content"]] == ["video_url", "text"]
     assert request["sampling_params"] == sampling_params(vlm.generation)
-    llava = vllm_processor(VLMConfig(model=str(tiny_llava_dir)), VLLMSettings(), prompt, ActorPoolConfig(), 3)
+    llava = vllm_processor(VLMConfig(model=str(tiny_llava_dir)), VLLMConfig(), prompt, RayConfig(), 3)
     assert [c["type"] for c in llava.preprocess(dict(decoded["c0"]))["__data"]["messages"][0]["content"]] == ["image_url"] * 3 + ["text"]
     assert llava.get_stage_by_name("vLLMEngineStage").fn_constructor_kwargs["engine_kwargs"]["limit_mm_per_prompt"] == {"image": 3}
 

@@ -8,26 +8,43 @@ writes new shards with `vlm_caption, caption_model, caption_prompt, caption_erro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from soraplan.captioner.frames import PROBED_COLUMNS, FrameSamplingConfig, decode_clip, unpack_frames
-from soraplan.captioner.hub import ModelSourceError, require_pretrained
+from soraplan.captioner.hub import require_pretrained
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
-from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
-from soraplan.captioner.vllm_backend import VLLMSettings
+from soraplan.captioner.shards import (
+    PARTS_DIR,
+    assemble,
+    kept_rows,
+    latest_results,
+    load_inputs,
+    model_stage,
+    open_output,
+)
+from soraplan.captioner.vllm_backend import VLLMConfig
 from soraplan.captioner.vlm import VLMConfig
-from soraplan.core.config import ConfigError, dump_yaml, load_config
-from soraplan.core.ray_session import init_ray
+from soraplan.core.cli import Command, console_main
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt
+from soraplan.core.outputs import write_json_atomic, write_part
+from soraplan.core.progress import Progress
+from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
+# A result part: the same types in every part, whatever nulls a batch happened to hold.
+RESULT_SCHEMA = pa.schema([
+    pa.field("clip_id", pa.string()),
+    *(pa.field(c, pa.int64() if c in ("width", "height") else pa.float64()) for c in PROBED_COLUMNS),
+    *CAPTION_FIELDS, CAPTION_ERROR_FIELD,
+    pa.field("caption_tokens", pa.int64()), pa.field("caption_seconds", pa.float64()),
+])
 
 
 @dataclass
@@ -38,14 +55,22 @@ class CaptionJobConfig:
     frames: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
-    actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)  # with vllm: batch_size, concurrency
-    vllm: VLLMSettings = field(default_factory=VLLMSettings)  # backend=vllm only
+    # Where the job runs and its model actors: `concurrency` actors taking `batch_size` clips a
+    # call (with backend=vllm: the number of engines and their batch size).
+    ray: RayConfig = field(default_factory=lambda: RayConfig(batch_size=8, num_cpus=1.0, num_gpus=0.0))
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
     # Must differ from the actors' resources (it does whenever they take a GPU): with equal
     # resources Ray fuses decoding into the model actors, serialising the two.
-    decode_num_cpus: float = 0.5
-    part_rows: int = 64  # results per resume part
-    limit: int | None = None  # caption at most this many pending clips (smoke runs)
-    ray_address: str | None = None  # None: start a local Ray on loopback
+    decode_num_cpus: PositiveFloat = 0.5
+    part_rows: PositiveInt = 64  # results per resume part
+    limit: PositiveInt | None = None  # caption at most this many pending clips (smoke runs)
+
+    def validate(self) -> None:
+        actor_cpus = 1.0 if self.ray.num_cpus is None else self.ray.num_cpus  # None: Ray's default
+        if self.backend == "transformers" and not self.ray.num_gpus and self.decode_num_cpus == actor_cpus:
+            raise ConfigError(
+                f"decode_num_cpus and ray.num_cpus are both {actor_cpus}: Ray would run decoding inside "
+                "the model actors, one after the other; give them different values")
 
 
 class CaptionStage:
@@ -81,7 +106,7 @@ class CaptionStage:
 def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to <out>/summary.json) the counts and speeds."""
     if not cfg.input or not cfg.out:
-        raise ValueError("set both --input (or input=) and --out (or out=)")
+        raise ConfigError("set both --input (or input=) and --out (or out=)")
     # Before any data is read. vLLM resolves the model itself, on the GPU workers.
     if cfg.backend == "transformers":
         require_pretrained(cfg.vlm.model, "vlm.model")
@@ -90,14 +115,10 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
 
         require_vllm()
     prompt = cfg.prompt.build()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "run.yaml")
-
     inputs = load_inputs(cfg.input)
+    out = open_output(cfg.out, cfg)
     kept = kept_rows(inputs, _TASK_COLUMNS)
-    previous = read_parts(out)
-    done = {cid for cid, r in previous.items() if r.get("caption_error") is None}
+    done = {cid for cid, r in latest_results(out).items() if r.get("caption_error") is None}
     pending = [r for r in kept if r["clip_id"] not in done]  # errors are retried on resume
     if cfg.limit is not None:
         pending = pending[: cfg.limit]
@@ -106,31 +127,25 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     tokens = 0
     model_seconds = 0.0
     if pending:
-        init_ray(cfg.ray_address)
-        import ray
-
+        ray = cfg.ray.init()
         ds = ray.data.from_items(pending).map(decode_clip, fn_kwargs={"frames_cfg": cfg.frames}, num_cpus=cfg.decode_num_cpus)
         if cfg.backend == "vllm":
             from soraplan.captioner.vllm_backend import caption_with_vllm
 
-            ds = caption_with_vllm(ds, cfg.vlm, cfg.vllm, prompt, cfg.actors, cfg.frames.most_frames())
+            ds = caption_with_vllm(ds, cfg.vlm, cfg.vllm, prompt, cfg.ray, cfg.frames.most_frames())
         else:
-            ds = ds.map_batches(
-                CaptionStage,
-                fn_constructor_kwargs={"vlm_cfg": cfg.vlm, "prompt": prompt},
-                batch_size=cfg.actors.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=cfg.actors.concurrency),
-                num_gpus=cfg.actors.num_gpus,
-                num_cpus=cfg.actors.num_cpus,
-            )
-        for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pandas"):
-            rows = batch.to_dict("records")
-            tokens += int(sum(r["caption_tokens"] for r in rows))
-            model_seconds += float(sum(r["caption_seconds"] for r in rows))
-            write_part(out, [_plain(r) for r in rows])
+            ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"vlm_cfg": cfg.vlm, "prompt": prompt},
+                                **model_stage(cfg.ray))
+        with Progress(len(pending), "caption", "clip") as progress:
+            for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pandas"):
+                rows = [_plain(r) for r in batch.to_dict("records")]
+                tokens += sum(r["caption_tokens"] for r in rows)
+                model_seconds += sum(r["caption_seconds"] for r in rows)
+                write_part(out / PARTS_DIR, rows, RESULT_SCHEMA)
+                progress.update(len(rows), tokens=tokens)
     wall = time.perf_counter() - start
 
-    results = read_parts(out)
+    results = latest_results(out)
     rows_out = assemble(out, inputs, results, [*CAPTION_FIELDS, CAPTION_ERROR_FIELD])
     kept_ids = {r["clip_id"] for r in kept}
     errors = sum(1 for cid in kept_ids if results.get(cid, {}).get("caption_error") is not None)
@@ -153,7 +168,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "model": cfg.vlm.model,
         "prompt": prompt.id,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -169,27 +184,14 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
-    parser = argparse.ArgumentParser(prog="soraplan-caption", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (pipelines/configs/caption*.yaml)")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", help="curated shard dir or a directory of video files")
     parser.add_argument("--out", help="output dir for shards, parts and summary.json")
-    parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.input:
-        overrides.append(f"input={args.input}")
-    if args.out:
-        overrides.append(f"out={args.out}")
-    return load_config(CaptionJobConfig, args.config, overrides)
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        summary = run(parse_args(argv))
-    except (ModelSourceError, ConfigError, FileNotFoundError, KeyError) as exc:  # config mistakes: no traceback
-        raise SystemExit(f"soraplan-caption: {exc}") from exc
-    print(json.dumps(summary, indent=2))
+COMMAND = Command("caption", __doc__.splitlines()[0], lambda cfg, args: run(cfg), CaptionJobConfig,
+                  _arguments, {"input": "input", "out": "out"})
+main = console_main("soraplan-caption", __doc__, COMMAND)
 
 
 if __name__ == "__main__":

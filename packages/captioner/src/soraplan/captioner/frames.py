@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
 from soraplan.core.video import fit_short_side, probe, sample_frames
 
 
@@ -16,11 +17,15 @@ class FrameSamplingConfig:
     # keyframes: at `positions` (fractions of the clip; Open-Sora used 10/50/90%);
     # uniform: `num_frames` centred in equal parts; fps: `fps` frames a second, at most `max_frames`.
     mode: Literal["keyframes", "uniform", "fps"] = "keyframes"
-    positions: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
-    num_frames: int = 8
-    fps: float = 1.0
-    max_frames: int = 32
-    short_side: int = 336  # frames are scaled so the short side of the (cropped) clip is this
+    positions: list[UnitFloat] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    num_frames: PositiveInt = 8
+    fps: PositiveFloat = 1.0
+    max_frames: PositiveInt = 32
+    short_side: PositiveInt = 336  # frames are scaled so the short side of the (cropped) clip is this
+
+    def validate(self) -> None:
+        if self.mode == "keyframes" and not self.positions:
+            raise ConfigError("mode=keyframes needs at least one of positions")
 
     def times(self, start_s: float, end_s: float) -> list[float]:
         duration = max(end_s - start_s, 0.0)

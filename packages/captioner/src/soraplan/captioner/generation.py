@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from soraplan.core.config import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 256
+    max_new_tokens: PositiveInt = 256
     do_sample: bool = False  # greedy by default: captions are reproducible
-    temperature: float = 0.7  # only used when do_sample
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    seed: int = 0
+    temperature: PositiveFloat = 0.7  # only used when do_sample
+    top_p: Annotated[float, Range(gt=0, le=1)] = 0.9
+    repetition_penalty: PositiveFloat = 1.0
+    seed: NonNegativeInt = 0
 
     def kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

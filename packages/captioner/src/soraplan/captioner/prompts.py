@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from soraplan.core.config import ConfigError
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -33,6 +35,6 @@ class PromptConfig:
             raise FileNotFoundError(f"prompt file not found: {path} (set prompt.file)")
         templates = yaml.safe_load(path.read_text()) or {}
         if self.id not in templates:
-            raise KeyError(f"prompt id {self.id!r} not in {path}; ids there: {sorted(templates)}")
+            raise ConfigError(f"prompt.id: {self.id!r} is not in {path}; ids there: {sorted(templates)}")
         entry = templates[self.id]
         return PromptTemplate(id=self.id, text=str(entry["text"]).strip(), system=entry.get("system"))

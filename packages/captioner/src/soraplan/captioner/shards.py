@@ -1,17 +1,16 @@
-"""Input shards, resumable result parts and final output shards for the captioner's batch jobs.
+"""Input shards, resumable result parts and final output shards of the captioner's batch jobs.
 
-A job streams its results into `<out>/parts/part-*.parquet` (atomic writes), so a crashed or
-stopped run resumes from what it has; `assemble` then joins all parts onto the input rows and
-writes `<out>/clips/<input shard>.parquet`, never dropping a row.
+The jobs follow the shared output convention (`soraplan.core.outputs`): `<out>/run.yaml`, results
+streamed into `<out>/parts/part-*.parquet` as they arrive (so a crashed or stopped run resumes
+from what it has; parts cut off mid-write go to `<out>/partial/`), then `assemble` joins all parts
+onto the input rows and writes `<out>/clips/<input shard>.parquet`, never dropping a row, and
+`<out>/summary.json`.
 """
 
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from soraplan.core.inputs import read_video_dir
-from soraplan.core.schema import (
-    STATUS_KEPT,
-    empty_clip_row,
-    rows_to_table,
-    shard_files,
-    write_table_atomic,
-)
-
-@dataclass
-class ActorPoolConfig:
-    """Resources of a model stage (Ray Data actor pool)."""
-
-    batch_size: int = 8
-    concurrency: int = 1
-    num_gpus: float = 0.0
-    # Fractional on small CPU nodes: a whole-CPU actor per core starves the decode tasks.
-    num_cpus: float = 1.0
-
+from soraplan.core.outputs import move_partial_files, prepare_output_dir, read_results
+from soraplan.core.ray_session import RayConfig
+from soraplan.core.schema import STATUS_KEPT, empty_clip_row, rows_to_table, shard_files, write_table_atomic
 
 PARTS_DIR = "parts"
 
@@ -69,19 +53,25 @@ def kept_rows(tables: Mapping[str, pa.Table], columns: list[str]) -> list[dict[s
     return rows
 
 
-def read_parts(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """clip_id -> result row from every finished part; later parts win (a retried error)."""
-    parts = sorted((Path(out_dir) / PARTS_DIR).glob("part-*.parquet"))  # names sort by write time
-    results: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        for row in pq.read_table(part).to_pylist():
-            results[row["clip_id"]] = row
-    return results
+def open_output(out: str | os.PathLike[str], cfg: Any) -> Path:
+    """The job's output folder with its `run.yaml`; parts a killed run cut off are moved aside."""
+    folder = prepare_output_dir(out, cfg)
+    move_partial_files(folder / PARTS_DIR, folder)
+    return folder
 
 
-def write_part(out_dir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
-    table = pa.Table.from_pylist(rows)
-    return write_table_atomic(table, Path(out_dir) / PARTS_DIR / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+def latest_results(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """clip_id -> result row of the complete parts; later parts win (a retried error)."""
+    return {row["clip_id"]: row for row in read_results(Path(out) / PARTS_DIR).to_pylist()}
+
+
+def model_stage(ray_cfg: RayConfig) -> dict[str, Any]:
+    """`map_batches` arguments of a model stage: `ray.concurrency` actors, each loading the model
+    once and taking `ray.batch_size` rows a call with the resources the `ray:` section reserves."""
+    import ray
+
+    return dict(batch_size=ray_cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=ray_cfg.concurrency),
+                num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus)
 
 
 def assemble(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import ray.data
     from ray.data.llm import Processor, vLLMEngineProcessorConfig
 
-    from soraplan.captioner.shards import ActorPoolConfig
+    from soraplan.core.ray_session import RayConfig
 
 # Ray's processor stages skip rows whose `__inference_error__` is set (a failed engine call, or a
 # clip that did not decode) and hand them on unchanged, past the postprocess step.
@@ -35,9 +35,9 @@ ERROR_KEY = "__inference_error__"
 
 
 @dataclass
-class VLLMSettings:
+class VLLMConfig:
     """Engine settings for backend=vllm; model, dtype and generation come from `vlm.*`, the batch
-    size and the number of engines from `actors.batch_size` and `actors.concurrency`."""
+    size and the number of engines from `ray.batch_size` and `ray.concurrency`."""
 
     accelerator_type: str | None = None  # Ray accelerator type of the engine GPUs, e.g. "A100", "H100"
     # vLLM engine arguments (max_model_len, tensor_parallel_size, gpu_memory_utilization, ...);
@@ -67,7 +67,7 @@ def sampling_params(gen: GenerationConfig) -> dict[str, Any]:
 
 
 def engine_config(
-    vlm: VLMConfig, settings: VLLMSettings, actors: ActorPoolConfig, frames_as: str, most_frames: int
+    vlm: VLMConfig, settings: VLLMConfig, ray_cfg: RayConfig, frames_as: str, most_frames: int
 ) -> vLLMEngineProcessorConfig:
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -77,8 +77,8 @@ def engine_config(
     engine_kwargs = {"dtype": vlm.dtype, "limit_mm_per_prompt": limits, **settings.engine_kwargs}
     return vLLMEngineProcessorConfig(
         model_source=vlm.model,
-        batch_size=actors.batch_size,
-        concurrency=actors.concurrency,
+        batch_size=ray_cfg.batch_size,
+        concurrency=ray_cfg.concurrency,
         accelerator_type=settings.accelerator_type,
         engine_kwargs=engine_kwargs,
         prepare_multimodal_stage={
@@ -139,7 +139,7 @@ def to_result(row: dict[str, Any], model: str, prompt_id: str) -> dict[str, Any]
 
 
 def vllm_processor(
-    vlm: VLMConfig, settings: VLLMSettings, prompt: PromptTemplate, actors: ActorPoolConfig, most_frames: int
+    vlm: VLMConfig, settings: VLLMConfig, prompt: PromptTemplate, ray_cfg: RayConfig, most_frames: int
 ) -> Processor:
     """The ray.data.llm processor (built lazily by Ray: nothing starts until a dataset runs)."""
     from ray.data.llm import build_processor
@@ -147,17 +147,17 @@ def vllm_processor(
 
     # The model's own processor says whether it takes a video (as in the transformers backend).
     frames_as = frames_input(vlm.frames_as, AutoProcessor.from_pretrained(vlm.model))
-    config = engine_config(vlm, settings, actors, frames_as, most_frames)
+    config = engine_config(vlm, settings, ray_cfg, frames_as, most_frames)
     preprocess = partial(to_request, prompt=prompt, frames_as=frames_as, sampling=sampling_params(vlm.generation))
     return build_processor(config, preprocess=preprocess)
 
 
 def caption_with_vllm(
-    ds: ray.data.Dataset, vlm: VLMConfig, settings: VLLMSettings, prompt: PromptTemplate,
-    actors: ActorPoolConfig, most_frames: int,
+    ds: ray.data.Dataset, vlm: VLMConfig, settings: VLLMConfig, prompt: PromptTemplate,
+    ray_cfg: RayConfig, most_frames: int,
 ) -> ray.data.Dataset:
     """Decoded-frame rows -> the same result columns the transformers CaptionStage writes."""
     require_vllm()
-    rows = vllm_processor(vlm, settings, prompt, actors, most_frames)(ds)
+    rows = vllm_processor(vlm, settings, prompt, ray_cfg, most_frames)(ds)
     # Error rows bypass a processor's postprocess, so the results are made in a map after it.
     return rows.map(to_result, fn_kwargs={"model": vlm.model, "prompt_id": prompt.id})

@@ -11,6 +11,7 @@ from soraplan.captioner.generation import GenerationConfig, Generated, generated
 from soraplan.captioner.hub import pick_device, torch_dtype
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptTemplate
+from soraplan.core.config import ConfigError
 
 
 @dataclass
@@ -33,7 +34,7 @@ def frames_input(frames_as: str, processor: Any) -> Literal["images", "video"]:
     if frames_as == "auto":
         return "video" if takes_video else "images"
     if frames_as == "video" and not takes_video:
-        raise ValueError(f"{type(processor).__name__} takes no videos: set vlm.frames_as=images (or auto)")
+        raise ConfigError(f"{type(processor).__name__} takes no videos: set vlm.frames_as=images (or auto)")
     return "video" if frames_as == "video" else "images"
 
 
@@ -46,7 +47,7 @@ class VLMCaptioner:
         self.device = pick_device(cfg.device)
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         if not getattr(self.processor, "chat_template", None):
-            raise ValueError(f"{cfg.model}: the processor has no chat template (vlm.model)")
+            raise ConfigError(f"{cfg.model}: the processor has no chat template (vlm.model)")
         self.frames_as = frames_input(cfg.frames_as, self.processor)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues on the right
         self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch_dtype(cfg.dtype))

@@ -9,10 +9,12 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptConfig, PromptTemplate
+from soraplan.core.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, Range
+from soraplan.core.train.checkpoint import atomic_write_text
 
 IGNORE_INDEX = -100  # label of prompt and padding tokens: no loss there
 REFINE_PROMPTS = "pipelines/configs/prompts/refine.yaml"
@@ -31,7 +33,7 @@ class PairSourceConfig:
     # text file of short captions aligned line by line with `dense_path`.
     path: str = ""
     dense_path: str = ""
-    limit: int | None = None
+    limit: PositiveInt | None = None
 
 
 def load_pairs(cfg: PairSourceConfig, allow_missing_dense: bool = False) -> list[RefinePair]:
@@ -40,28 +42,44 @@ def load_pairs(cfg: PairSourceConfig, allow_missing_dense: bool = False) -> list
     if not path.is_file():
         raise FileNotFoundError(f"training pairs not found: {path} (set data.path)")
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                records.append(_json_record(line, f"{path}:{line_no}"))
         pairs = [RefinePair(r.get("short", r.get("input", "")), r.get("dense", r.get("output", ""))) for r in records]
     elif path.suffix == ".json":
-        pairs = [RefinePair(r["input"], r["output"]) for r in json.loads(path.read_text())]
+        records = _json_record(path.read_text(), str(path), list)
+        try:
+            pairs = [RefinePair(r["input"], r["output"]) for r in records]
+        except (KeyError, TypeError):
+            raise ConfigError(f"{path}: expected a list of {{instruction, input, output}} records") from None
     else:
         shorts = path.read_text().splitlines()
         if cfg.dense_path:
             denses = Path(cfg.dense_path).read_text().splitlines()
             if len(denses) != len(shorts):
-                raise ValueError(f"{path} has {len(shorts)} lines but {cfg.dense_path} has {len(denses)}")
+                raise ConfigError(f"{path} has {len(shorts)} lines but {cfg.dense_path} has {len(denses)}")
         elif allow_missing_dense:
             denses = [""] * len(shorts)
         else:
-            raise ValueError(f"{path} is a text file: set data.dense_path or enable dense_targets")
+            raise ConfigError(f"{path} is a text file: set data.dense_path or enable dense_targets")
         pairs = [RefinePair(s, d) for s, d in zip(shorts, denses)]
     pairs = [RefinePair(p.short.strip(), p.dense.strip()) for p in pairs if p.short.strip()]
     return pairs[: cfg.limit] if cfg.limit is not None else pairs
 
 
+def _json_record(text: str, where: str, kind: type = dict) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
 def save_pairs(pairs: list[RefinePair], path: str | os.PathLike[str]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(json.dumps({"short": p.short, "dense": p.dense}) + "\n" for p in pairs))
+    atomic_write_text(path, "".join(json.dumps({"short": p.short, "dense": p.dense}) + "\n" for p in pairs))
 
 
 def split_pairs(pairs: list[RefinePair], eval_fraction: float, seed: int) -> tuple[list[RefinePair], list[RefinePair]]:
@@ -81,17 +99,20 @@ class DenseTargetConfig:
     model: str = ""
     api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key, never the key
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(file=REFINE_PROMPTS, id="dense_target"))
-    temperature: float = 0.7
-    max_tokens: int = 300
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 2
+    temperature: Annotated[float, Range(ge=0, le=2)] = 0.7  # the OpenAI API's range
+    max_tokens: PositiveInt = 300
+    concurrency: PositiveInt = 8  # requests in flight
+    timeout_s: PositiveFloat = 60.0
+    max_retries: NonNegativeInt = 2
+
+    def validate(self) -> None:
+        if self.enabled and not (self.base_url and self.model):
+            raise ConfigError("dense targets need dense_targets.base_url and dense_targets.model")
 
 
 def generate_dense_targets(shorts: list[str], cfg: DenseTargetConfig) -> list[str | None]:
     """One dense rewrite per short caption; None where the endpoint failed or answered empty."""
-    if not cfg.base_url or not cfg.model:
-        raise ValueError("dense targets need dense_targets.base_url and dense_targets.model")
+    cfg.validate()
     from openai import OpenAI
 
     template = cfg.prompt.build()
@@ -114,7 +135,7 @@ def generate_dense_targets(shorts: list[str], cfg: DenseTargetConfig) -> list[st
         text = clean_caption(reply.choices[0].message.content or "")
         return text or None
 
-    with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         return list(pool.map(rewrite, shorts))
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 from soraplan.captioner.hub import require_pretrained, torch_dtype
+from soraplan.core.config import ConfigError
 
 
 @dataclass
 class MergeConfig:
     base_model: str = ""
-    adapter: str = ""  # <train output_dir>/adapter
+    adapter: str = ""  # <train output_dir>/adapter (or <output_dir>/checkpoints/step_*/adapter)
     output_dir: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
@@ -21,7 +22,7 @@ def merge_adapter(cfg: MergeConfig) -> Path:
     base = require_pretrained(cfg.base_model, "base_model")
     adapter = require_pretrained(cfg.adapter, "adapter", marker="adapter_config.json")
     if not cfg.output_dir:
-        raise ValueError("set output_dir")
+        raise ConfigError("set output_dir (where the merged model goes)")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

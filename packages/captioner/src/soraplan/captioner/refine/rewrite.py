@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,26 @@ from soraplan.captioner.hub import pick_device, require_pretrained, torch_dtype
 from soraplan.captioner.postprocess import clean_caption
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.refine.data import REFINE_PROMPTS, chat_prompt
-from soraplan.core.ray_session import init_ray
-from soraplan.captioner.shards import ActorPoolConfig, assemble, kept_rows, load_inputs, read_parts, write_part
-from soraplan.core.config import dump_yaml
+from soraplan.captioner.shards import (
+    PARTS_DIR,
+    assemble,
+    kept_rows,
+    latest_results,
+    load_inputs,
+    model_stage,
+    open_output,
+)
+from soraplan.core.config import ConfigError, PositiveInt
+from soraplan.core.outputs import write_json_atomic, write_part
+from soraplan.core.progress import Progress
+from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import REFINED_CAPTION_FIELDS
 
 # Not in the shared schema: why a kept row has no refined_caption.
 REFINE_ERROR_FIELD = pa.field("refine_error", pa.string())
+# A result part: the same types in every part, whatever nulls a batch happened to hold.
+RESULT_SCHEMA = pa.schema([pa.field("clip_id", pa.string()), *REFINED_CAPTION_FIELDS, REFINE_ERROR_FIELD,
+                           pa.field("refine_tokens", pa.int64())])
 
 
 @dataclass
@@ -116,9 +128,14 @@ class RewriteJobConfig:
     out: str = ""  # output dir for shards, or a .txt path for a text input
     source_columns: list[str] = field(default_factory=lambda: ["vlm_caption", "caption"])  # first non-empty
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
-    actors: ActorPoolConfig = field(default_factory=ActorPoolConfig)
-    part_rows: int = 64
-    ray_address: str | None = None
+    # Where the job runs and its refiner actors; `batch_size` captions a model call (also in
+    # process, for a text file).
+    ray: RayConfig = field(default_factory=lambda: RayConfig(batch_size=8, num_cpus=1.0, num_gpus=0.0))
+    part_rows: PositiveInt = 64  # results per resume part
+
+    def validate(self) -> None:
+        if not self.source_columns:
+            raise ConfigError("source_columns: name at least one caption column to refine")
 
 
 def rewrite_text_file(cfg: RewriteJobConfig) -> dict[str, Any]:
@@ -127,8 +144,11 @@ def rewrite_text_file(cfg: RewriteJobConfig) -> dict[str, Any]:
     refiner = cfg.refiner.build()
     start = time.perf_counter()
     results: list[Generated] = []
-    for i in range(0, len(prompts), cfg.actors.batch_size):
-        results.extend(refiner.rewrite(prompts[i : i + cfg.actors.batch_size]))
+    with Progress(len(prompts), "rewrite", "prompt") as progress:
+        for i in range(0, len(prompts), cfg.ray.batch_size):
+            batch = prompts[i : i + cfg.ray.batch_size]
+            results.extend(refiner.rewrite(batch))
+            progress.update(len(batch))
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text("".join((r.text or "") + "\n" for r in results))
     tokens = sum(r.num_tokens for r in results)
@@ -139,12 +159,10 @@ def rewrite_text_file(cfg: RewriteJobConfig) -> dict[str, Any]:
 
 def rewrite_shards(cfg: RewriteJobConfig) -> dict[str, Any]:
     """Ray batch job: adds `refined_caption` (and `refine_error`) to every row of the shards."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "run.yaml")
     inputs = load_inputs(cfg.input)
+    out = open_output(cfg.out, cfg)
     kept = kept_rows(inputs, ["clip_id", *cfg.source_columns])
-    done = {cid for cid, r in read_parts(out).items() if r.get("refine_error") is None}
+    done = {cid for cid, r in latest_results(out).items() if r.get("refine_error") is None}
     items = [
         {"clip_id": r["clip_id"], "source_text": next((r[c] for c in cfg.source_columns if r.get(c)), "")}
         for r in kept
@@ -153,22 +171,16 @@ def rewrite_shards(cfg: RewriteJobConfig) -> dict[str, Any]:
     start = time.perf_counter()
     tokens = 0
     if items:
-        init_ray(cfg.ray_address)
-        import ray
-
+        ray = cfg.ray.init()
         ds = ray.data.from_items(items).map_batches(
-            RefineStage,
-            fn_constructor_kwargs={"cfg": cfg.refiner},
-            batch_size=cfg.actors.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors.concurrency),
-            num_gpus=cfg.actors.num_gpus,
-            num_cpus=cfg.actors.num_cpus,
-        )
-        for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pyarrow"):
-            tokens += int(pa.compute.sum(batch["refine_tokens"]).as_py() or 0)
-            write_part(out, batch.to_pylist())
+            RefineStage, fn_constructor_kwargs={"cfg": cfg.refiner}, **model_stage(cfg.ray))
+        with Progress(len(items), "rewrite", "row") as progress:
+            for batch in ds.iter_batches(batch_size=cfg.part_rows, batch_format="pyarrow"):
+                tokens += int(pa.compute.sum(batch["refine_tokens"]).as_py() or 0)
+                write_part(out / PARTS_DIR, batch.to_pylist(), RESULT_SCHEMA)
+                progress.update(batch.num_rows, tokens=tokens)
     wall = time.perf_counter() - start
-    results = read_parts(out)
+    results = latest_results(out)
     rows_out = assemble(out, inputs, results, [*REFINED_CAPTION_FIELDS, REFINE_ERROR_FIELD])
     kept_ids = [r["clip_id"] for r in kept]
     summary = {
@@ -182,13 +194,13 @@ def rewrite_shards(cfg: RewriteJobConfig) -> dict[str, Any]:
         "wall_seconds": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 3) if items and wall > 0 else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
 def run_rewrite(cfg: RewriteJobConfig) -> dict[str, Any]:
     if not cfg.input or not cfg.out:
-        raise ValueError("set both --input (or input=) and --out (or out=)")
+        raise ConfigError("set both --input (or input=) and --out (or out=)")
     cfg.refiner.check()
     if Path(cfg.input).suffix == ".txt":
         return rewrite_text_file(cfg)

@@ -1,23 +1,31 @@
-"""LoRA fine-tuning of the caption refiner: one process, or DeepSpeed ZeRO-2 under `deepspeed`.
+"""LoRA fine-tuning of the caption refiner on the shared trainer: one DeepSpeed engine (ZeRO stage
+from the config) in one process, or in many under the `deepspeed` launcher or torchrun.
 
 Recipe (Open-Sora-Plan v1.3): LoRA r=64, alpha=64, dropout 0.1 on every attention and MLP
 projection, the rewrite instruction as the user turn, loss on the answer only, 1 epoch, global
-batch 32, lr 1.5e-4 with 10% warmup then linear decay, gradient checkpointing.
+batch 32, lr 1.5e-4 with 10% warm-up then linear decay, gradient checkpointing.
+
+Output: the shared trainer layout (`config.yaml`, `metrics.jsonl`, `tensorboard/`,
+`checkpoints/step_XXXXXXXX/{model/, adapter/, train_state.json}`) plus `adapter/` (the final
+adapter and its tokenizer, what `merge` reads), `heldout.jsonl` and `metrics.json` (the run's
+held-out loss before and after training).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from soraplan.captioner.hub import pick_device, require_pretrained, torch_dtype
+import torch
+
+from soraplan.captioner.hub import require_pretrained, torch_dtype
 from soraplan.captioner.prompts import PromptConfig
 from soraplan.captioner.refine.data import (
+    IGNORE_INDEX,
     REFINE_PROMPTS,
     DenseTargetConfig,
     PairSourceConfig,
@@ -29,19 +37,32 @@ from soraplan.captioner.refine.data import (
     save_pairs,
     split_pairs,
 )
-from soraplan.core.config import dump_yaml
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt, Range
+from soraplan.core.outputs import write_json_atomic
+from soraplan.core.train.config import EMAConfig, OptimizerConfig, TrainerConfig
+from soraplan.core.train.distributed import barrier, mean_over_ranks
+from soraplan.core.train.trainer import Trainer
 
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # in <output_dir> and in every checkpoint: peft save_pretrained + tokenizer
+HELDOUT_FILE = "heldout.jsonl"
+PAIRS_FILE = "pairs.jsonl"  # pairs with generated dense targets, written once and reused on resume
+SUMMARY_FILE = "metrics.json"
 
 
 @dataclass
-class LoraSettings:
-    r: int = 64
-    alpha: int = 64
-    dropout: float = 0.1
+class LoraAdapterConfig:
+    """peft LoRA settings; `build` gives peft's own `LoraConfig`."""
+
+    r: PositiveInt = 64
+    alpha: PositiveInt = 64
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+
+    def validate(self) -> None:
+        if not self.target_modules:
+            raise ConfigError("target_modules: name at least one module to adapt")
 
     def build(self):  # -> peft.LoraConfig; peft is imported lazily (slow import)
         from peft import LoraConfig, TaskType
@@ -53,36 +74,30 @@ class LoraSettings:
 
 
 @dataclass
-class DeepSpeedSettings:
-    enabled: bool = False  # run under `deepspeed` (or torchrun) with ZeRO
-    zero_stage: int = 2
-
-
-@dataclass
-class RefineTrainConfig:
+class RefineTrainConfig(TrainerConfig):
+    output_dir: str = "runs/refiner"
+    steps: PositiveInt = 100_000  # upper bound: the run is `epochs` passes over the pairs
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(lr=1.5e-4, warmup_ratio=0.1, schedule="linear"))
+    ema: EMAConfig = field(default_factory=lambda: EMAConfig(enabled=False))  # a LoRA needs none
     base_model: str = ""  # HF id or local path (meta-llama/Llama-3.1-8B-Instruct on GPU)
-    output_dir: str = ""
     data: PairSourceConfig = field(default_factory=PairSourceConfig)
     dense_targets: DenseTargetConfig = field(default_factory=DenseTargetConfig)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(file=REFINE_PROMPTS, id="osp_refine"))
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    epochs: float = 1.0
-    global_batch_size: int = 32
-    micro_batch_size: int = 4
-    lr: float = 1.5e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+    epochs: PositiveFloat = 1.0
+    global_batch_size: PositiveInt = 32  # micro_batch_size x processes x gradient accumulation
+    micro_batch_size: PositiveInt = 4
+    max_length: PositiveInt = 512  # tokens of prompt + answer; longer pairs are cut
+    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # held-out share of the pairs
     gradient_checkpointing: bool = True
-    max_length: int = 512
-    eval_fraction: float = 0.05
-    max_steps: int | None = None  # stop early (smoke runs, benches)
-    max_seconds: float | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    device: str = "auto"
-    seed: int = 0
-    log_every: int = 10
+    # The frozen base weights; the LoRA weights train in float32, or bf16 with precision=bf16.
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+
+    def validate(self) -> None:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                              f"micro_batch_size {self.micro_batch_size}")
 
 
 def prepare_pairs(cfg: RefineTrainConfig) -> list[RefinePair]:
@@ -96,33 +111,10 @@ def prepare_pairs(cfg: RefineTrainConfig) -> list[RefinePair]:
     return [p for p in pairs if p.dense]
 
 
-def _has_answer(example: dict[str, list[int]]) -> bool:
-    return any(label != -100 for label in example["labels"])
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _dist() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by deepspeed/torchrun."""
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        import deepspeed
-
-        deepspeed.init_distributed()
-    return dist.get_rank(), dist.get_world_size()
-
-
-def mean_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int, device: str) -> float:
-    """Token-weighted mean loss over answer tokens (what "held-out loss" means everywhere here)."""
-    import torch
-
+def answer_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
+                device: torch.device | str) -> tuple[float, int]:
+    """(summed loss, number) over the answer tokens of `examples`: their ratio is the token-weighted
+    mean, what "held-out loss" means everywhere here."""
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -130,135 +122,150 @@ def mean_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, bat
             batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total += losses.item()
-            count += int((labels != -100).sum())
+            total += torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).item()
+            count += int((labels != IGNORE_INDEX).sum())
     model.train()
-    return total / max(count, 1)
+    return total, count
 
 
-@dataclass
-class TrainResult:
-    metrics: dict[str, Any]
-    model: Any  # the trained peft model, in memory
+class RefinerTrainer(Trainer):
+    """`build` reads the pairs and wraps base model + LoRA in one DeepSpeed engine; `train_step`
+    takes one global batch (gradient accumulation inside DeepSpeed); `evaluate` gives the held-out
+    loss; `run` trains between two evaluations and writes the final adapter."""
 
+    name = "refine"
+    cfg: RefineTrainConfig
 
-def train_refiner(cfg: RefineTrainConfig) -> TrainResult:
-    """Train a LoRA adapter; writes <output_dir>/adapter, metrics.json, run.yaml, heldout.jsonl."""
-    base = require_pretrained(cfg.base_model, "base_model")
-    if not cfg.output_dir:
-        raise ValueError("set output_dir")
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def build(self) -> None:
+        cfg = self.cfg
+        base = require_pretrained(cfg.base_model, "base_model")
+        self.template = cfg.prompt.build()
+        train_pairs, self.eval_pairs = split_pairs(self.read_pairs(), cfg.eval_fraction, cfg.seed)
+        if not train_pairs:
+            raise ConfigError(f"no training pairs left from {cfg.data.path} (data.path)")
+        per_micro_step = cfg.micro_batch_size * self.world_size
+        if cfg.global_batch_size % per_micro_step:
+            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+                              f"micro_batch_size x processes ({cfg.micro_batch_size} x {self.world_size})")
+        self.grad_accum = cfg.global_batch_size // per_micro_step
+        self.num_train_pairs = len(train_pairs)
 
-    rank, world = _dist()
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    template = cfg.prompt.build()
-    pairs = prepare_pairs(cfg)
-    train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
-    if not train_pairs:
-        raise ValueError(f"no training pairs left from {cfg.data.path}")
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # A pair whose prompt alone fills max_length has no answer token left to learn from.
-    train_ex = [e for p in train_pairs if _has_answer(e := encode_pair(tokenizer, template, p, cfg.max_length))]
-    eval_ex = [e for p in eval_pairs if _has_answer(e := encode_pair(tokenizer, template, p, cfg.max_length))]
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.train_examples = self.encode(train_pairs)
+        self.eval_examples = self.encode(self.eval_pairs)
+        steps_per_epoch = math.ceil(len(self.train_examples) / cfg.global_batch_size)
+        self.planned_steps = min(cfg.steps, max(1, math.ceil(cfg.epochs * steps_per_epoch)))
+        # The shared loop runs to `steps`: here, the planned run (config.yaml keeps the bound).
+        self.cfg = dataclasses.replace(cfg, steps=self.planned_steps)
+        self.orders: dict[int, list[int]] = {}
 
-    device = pick_device(cfg.device) if world == 1 else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(cfg.dtype))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, cfg.lora.build()).to(device)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(cfg.dtype))
+        if cfg.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.model = get_peft_model(model, cfg.lora.build()).to(self.device)
+        optimizer = cfg.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
+        scheduler = cfg.optimizer.build_scheduler(optimizer, self.planned_steps)
+        self.engines["model"] = self.engine = self.initialize(
+            self.model, optimizer, cfg.micro_batch_size, self.grad_accum, scheduler)
+        self.eval_loss_before: float | None = None
 
-    accum = max(1, cfg.global_batch_size // (cfg.micro_batch_size * world))
-    steps_per_epoch = math.ceil(len(train_ex) / (cfg.micro_batch_size * accum * world))
-    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup = max(1, round(cfg.warmup_ratio * total_steps))
-    params = [p for p in model.parameters() if p.requires_grad]
+    def read_pairs(self) -> list[RefinePair]:
+        """The pairs; generated dense targets are written once (rank 0) to <output_dir>/pairs.jsonl,
+        which every rank and every resumed run then reads, so all train on the same targets."""
+        if not self.cfg.dense_targets.enabled:
+            return prepare_pairs(self.cfg)
+        cached = self.out / PAIRS_FILE
+        if self.rank == 0 and not cached.is_file():
+            save_pairs(prepare_pairs(self.cfg), cached)
+        barrier()
+        return load_pairs(PairSourceConfig(path=str(cached)))
 
-    engine = None
-    if cfg.deepspeed.enabled:
-        import deepspeed
+    def encode(self, pairs: list[RefinePair]) -> list[dict[str, list[int]]]:
+        examples = [encode_pair(self.tokenizer, self.template, p, self.cfg.max_length) for p in pairs]
+        # A pair whose prompt alone fills max_length has no answer token left to learn from.
+        return [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"])]
 
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": accum,
-            "gradient_clipping": cfg.max_grad_norm,
-            "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-            "bf16": {"enabled": cfg.dtype == "bfloat16"},
-            "fp16": {"enabled": cfg.dtype == "float16"},
-            "steps_per_print": 10**9,
+    def micro_batch(self, index: int) -> list[int]:
+        """Training examples of global micro-batch `index`: a slice of the stream of seeded
+        per-epoch shuffles, so it depends on the step alone and a resumed run sees the same data."""
+        size = self.cfg.micro_batch_size * self.world_size
+        n = len(self.train_examples)
+        ids: list[int] = []
+        while len(ids) < size:
+            epoch, offset = divmod(index * size + len(ids), n)
+            if epoch not in self.orders:
+                generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+                self.orders[epoch] = torch.randperm(n, generator=generator).tolist()
+            ids += self.orders[epoch][offset : offset + size - len(ids)]
+        return ids[self.rank :: self.world_size]  # every rank takes its share of the same batch
+
+    def train_step(self) -> dict[str, float]:
+        # LoRA dropout draws from (seed, step, rank), so a resumed run repeats the uninterrupted one.
+        torch.manual_seed((self.cfg.seed * 100_003 + self.step) * 1_009 + self.rank)
+        lr = self.engine.get_lr()[0]
+        loss_sum = 0.0
+        for micro in range(self.grad_accum):
+            examples = [self.train_examples[i] for i in self.micro_batch(self.step * self.grad_accum + micro)]
+            batch = {k: v.to(self.device) for k, v in collate(examples, self.pad_id).items()}
+            loss = self.engine(**batch).loss
+            self.engine.backward(loss)  # DeepSpeed scales by 1 / accumulation
+            self.engine.step()  # the optimizer and the schedule step at the last micro-batch
+            loss_sum += loss.item()
+        loss = mean_over_ranks(torch.tensor(loss_sum / self.grad_accum, device=self.device)).item()
+        return {"loss": loss, "lr": lr}
+
+    def evaluate(self) -> float | None:
+        """Held-out loss (token-weighted mean over answer tokens); ranks share the pairs."""
+        if not self.eval_examples:
+            return None
+        total, count = answer_loss(self.model, self.eval_examples[self.rank :: self.world_size], self.pad_id,
+                                   self.cfg.micro_batch_size, self.device)
+        sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        return (sums[0] / sums[1].clamp(min=1)).item()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"eval_loss_before": self.eval_loss_before}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.eval_loss_before = state.get("eval_loss_before")
+
+    def export(self, directory: Path) -> None:
+        """The adapter (peft safetensors) and the tokenizer it was trained with, in <directory>/adapter."""
+        self.model.save_pretrained(directory / ADAPTER_DIR)
+        self.tokenizer.save_pretrained(directory / ADAPTER_DIR)
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate, train (from the latest checkpoint, if any), evaluate; on rank 0 write the final
+        adapter, heldout.jsonl and metrics.json. Returns the metrics (on every rank)."""
+        if self.rank == 0:
+            save_pairs(self.eval_pairs, self.out / HELDOUT_FILE)
+        if self.eval_loss_before is None:  # a resumed run keeps the loss of the untrained adapter
+            self.eval_loss_before = self.evaluate()
+        start = time.monotonic()
+        self.fit()
+        metrics = {
+            "train_pairs": self.num_train_pairs,
+            "eval_pairs": len(self.eval_pairs),
+            "steps": self.step,
+            "planned_steps": self.planned_steps,
+            "grad_accumulation": self.grad_accum,
+            "world_size": self.world_size,
+            "train_seconds": round(time.monotonic() - start, 2),
+            "eval_loss_before": self.eval_loss_before,
+            "eval_loss_after": self.evaluate(),
         }
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-        )
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
-
-    eval_before = mean_loss(model, eval_ex, pad_id, cfg.micro_batch_size, device) if eval_ex else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    step = 0
-    model.train()
-    while step < total_steps:
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            break
-        step_loss = 0.0
-        for _ in range(accum):
-            if len(order) < cfg.micro_batch_size * world:  # next epoch: a fresh seeded shuffle
-                order += torch.randperm(len(train_ex), generator=generator).tolist()
-            take, order = order[: cfg.micro_batch_size * world], order[cfg.micro_batch_size * world :]
-            mine = take[rank::world]  # every rank sees its own slice of the same global order
-            batch = {k: v.to(device) for k, v in collate([train_ex[i] for i in mine], pad_id).items()}
-            loss = (engine or model)(**batch).loss
-            if engine is not None:
-                engine.backward(loss)  # DeepSpeed scales by 1/accum and steps at the boundary
-                engine.step()
-            else:
-                (loss / accum).backward()
-            step_loss += loss.item() / accum
-        if engine is None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        step += 1
-        if rank == 0 and (step % cfg.log_every == 0 or step == total_steps):
-            print(json.dumps({"step": step, "loss": round(step_loss, 4), "lr": scheduler.get_last_lr()[0]}), flush=True)
-
-    eval_after = mean_loss(model, eval_ex, pad_id, cfg.micro_batch_size, device) if eval_ex else None
-    metrics = {
-        "train_pairs": len(train_pairs),
-        "eval_pairs": len(eval_pairs),
-        "steps": step,
-        "planned_steps": total_steps,
-        "grad_accumulation": accum,
-        "world_size": world,
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "eval_loss_before": eval_before,
-        "eval_loss_after": eval_after,
-        "train_losses": losses,
-    }
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out / ADAPTER_DIR)  # adapter weights only, safetensors
-        tokenizer.save_pretrained(out / ADAPTER_DIR)
-        save_pairs(eval_pairs, out / "heldout.jsonl")
-        dump_yaml(cfg, out / "run.yaml")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(metrics, model)
+        if self.rank == 0:
+            self.export(self.out)
+            write_json_atomic(self.out / SUMMARY_FILE, metrics)
+        barrier()
+        return metrics

@@ -1,4 +1,5 @@
-"""Tiny randomly initialised models built from configs, with a tokenizer trained on the spot.
+"""Test kit: tiny randomly initialised models built from configs, and a tokenizer trained on the
+spot.
 
 They stand in for LLaMA-3.1-Instruct and LLaVA-class VLMs in tests and CPU benchmarks: same
 classes, same save/load path, nothing downloaded.
