@@ -3,10 +3,8 @@ saved to disk, a local Ray, synthetic clips. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,6 @@ from soraplan.core.video import write_video
 # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU OpenMP's spinning
 # threads made them 10x slower.
 torch.set_num_threads(1)
-# DeepSpeed JIT-builds an op at its first start (minutes on 2 cores) into one cache folder per op
-# name; venvs at other paths (other checkouts) rebuild it over each other. One folder per venv.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
-    Path.home() / ".cache" / "torch_extensions" / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]}"))
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTION_PROMPTS = REPO / "pipelines" / "configs" / "prompts" / "caption.yaml"

@@ -60,6 +60,7 @@ CAPTION_FIELDS: list[pa.Field] = [
 ]
 REFINED_CAPTION_FIELDS: list[pa.Field] = [pa.field("refined_caption", pa.string())]
 CAPTION_ERROR_FIELD = pa.field("caption_error", pa.string())
+REFINE_ERROR_FIELD = pa.field("refine_error", pa.string())  # why a kept row has no refined_caption
 
 # Reject reasons of the built-in curation stages. The set is open: each stage declares the
 # reasons it gives (a new stage brings its own), and readers treat unknown ones as plain strings.

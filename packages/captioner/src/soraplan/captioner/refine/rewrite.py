@@ -28,10 +28,8 @@ from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.outputs import write_json_atomic, write_part
 from soraplan.core.progress import Progress
 from soraplan.core.ray_session import RayConfig
-from soraplan.core.schema import REFINED_CAPTION_FIELDS
+from soraplan.core.schema import REFINE_ERROR_FIELD, REFINED_CAPTION_FIELDS
 
-# Not in the shared schema: why a kept row has no refined_caption.
-REFINE_ERROR_FIELD = pa.field("refine_error", pa.string())
 # A result part: the same types in every part, whatever nulls a batch happened to hold.
 RESULT_SCHEMA = pa.schema([pa.field("clip_id", pa.string()), *REFINED_CAPTION_FIELDS, REFINE_ERROR_FIELD,
                            pa.field("refine_tokens", pa.int64())])

@@ -13,7 +13,6 @@ held-out loss before and after training).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -137,6 +136,7 @@ class RefinerTrainer(Trainer):
     loss; `run` trains between two evaluations and writes the final adapter."""
 
     name = "refine"
+    save_frozen = False  # checkpoints hold the LoRA and its optimizer state, not the base model
     cfg: RefineTrainConfig
 
     def build(self) -> None:
@@ -162,9 +162,7 @@ class RefinerTrainer(Trainer):
         self.train_examples = self.encode(train_pairs)
         self.eval_examples = self.encode(self.eval_pairs)
         steps_per_epoch = math.ceil(len(self.train_examples) / cfg.global_batch_size)
-        self.planned_steps = min(cfg.steps, max(1, math.ceil(cfg.epochs * steps_per_epoch)))
-        # The shared loop runs to `steps`: here, the planned run (config.yaml keeps the bound).
-        self.cfg = dataclasses.replace(cfg, steps=self.planned_steps)
+        self.total_steps = min(cfg.steps, max(1, math.ceil(cfg.epochs * steps_per_epoch)))
         self.orders: dict[int, list[int]] = {}
 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(cfg.dtype))
@@ -172,7 +170,7 @@ class RefinerTrainer(Trainer):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = get_peft_model(model, cfg.lora.build()).to(self.device)
         optimizer = cfg.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
-        scheduler = cfg.optimizer.build_scheduler(optimizer, self.planned_steps)
+        scheduler = cfg.optimizer.build_scheduler(optimizer, self.total_steps)
         self.engines["model"] = self.engine = self.initialize(
             self.model, optimizer, cfg.micro_batch_size, self.grad_accum, scheduler)
         self.eval_loss_before: float | None = None
@@ -257,7 +255,7 @@ class RefinerTrainer(Trainer):
             "train_pairs": self.num_train_pairs,
             "eval_pairs": len(self.eval_pairs),
             "steps": self.step,
-            "planned_steps": self.planned_steps,
+            "planned_steps": self.total_steps,
             "grad_accumulation": self.grad_accum,
             "world_size": self.world_size,
             "train_seconds": round(time.monotonic() - start, 2),

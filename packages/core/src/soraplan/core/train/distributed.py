@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 
@@ -20,6 +23,10 @@ def init_distributed() -> tuple[int, int]:
     Without a launcher, fills in a one-process world on loopback, since DeepSpeed otherwise
     looks for MPI. The backend is nccl on GPU and gloo on CPU (chosen by DeepSpeed).
     """
+    # DeepSpeed JIT-builds an op at its first start (minutes on a small CPU) into one cache
+    # folder per op name; environments at other paths rebuild it over each other. One per venv.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+        Path.home() / ".cache" / "torch_extensions" / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]}"))
     import deepspeed  # deferred: importing deepspeed costs seconds
 
     if "RANK" not in os.environ:

@@ -2,8 +2,9 @@
 
 A trainer subclasses `Trainer`: `build()` makes its data (first, so missing data fails before
 any model is built), its models and DeepSpeed engines (`self.engines`, by name) and names the
-module the EMA tracks (`self.ema_model`); `train_step()` takes one optimizer step and returns
-scalars to log. The base class does the rest the same way for every trainer:
+module the EMA tracks (`self.ema_model`); it may shorten the run (`self.total_steps`, e.g. to
+a number of epochs of its data); `train_step()` takes one optimizer step and returns scalars
+to log. The base class does the rest the same way for every trainer:
 
 - processes (`deepspeed` launcher, torchrun or plain python), torch threads, seeding;
 - the loop to `steps` or `max_minutes`, with progress lines (step / total, steps/s, time left);
@@ -50,6 +51,9 @@ CONFIG_FILE = "config.yaml"
 
 class Trainer:
     name = "train"  # shown in progress lines
+    # False keeps frozen weights (a LoRA's base model) out of checkpoints: they come from the
+    # base model on load.
+    save_frozen = True
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
@@ -65,6 +69,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_root = self.out / CHECKPOINTS_DIR
         self.step = 0
+        self.total_steps = cfg.steps  # where this run ends; build() may lower it
         self.engines: dict[str, Any] = {}
         self.ema_model: torch.nn.Module | None = None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -129,20 +134,20 @@ class Trainer:
             self.writer.add_scalar(f"{prefix}/{key}", value, self.step)
 
     def fit(self) -> list[dict[str, float]]:
-        """Train to `steps` (or `max_minutes`), saving on the way and at the end; returns the
-        logged scalars of this process."""
+        """Train to `total_steps` (or `max_minutes`), saving on the way and at the end; returns
+        the logged scalars of this process."""
         cfg = self.cfg
         if self.rank == 0:
             params = sum(p.numel() for e in self.engines.values() for p in e.module.parameters())
             log.info("%s: %s parameters, %d process(es), %s threads each, from step %d of %d",
                      self.name, f"{params:,}", self.world_size, self.cpu_threads or "GPU", self.step,
-                     cfg.steps)
-        progress = Progress(cfg.steps, self.name, "step", initial=self.step, every=cfg.log_every,
+                     self.total_steps)
+        progress = Progress(self.total_steps, self.name, "step", initial=self.step, every=cfg.log_every,
                             enabled=self.rank == 0)
         history: list[dict[str, float]] = []
         started = time.monotonic()
         saved_at = self.step
-        while self.step < cfg.steps:
+        while self.step < self.total_steps:
             if cfg.max_minutes is not None and all_ranks_agree(
                     time.monotonic() - started > 60 * cfg.max_minutes, self.device):
                 log.info("%s: time budget of %g min reached at step %d", self.name, cfg.max_minutes,
@@ -172,7 +177,8 @@ class Trainer:
         tag = checkpoint_tag(self.step)
         stage = staging_dir(self.ckpt_root, tag)
         for name, engine in self.engines.items():
-            engine.save_checkpoint(str(stage), tag=name, save_latest=False)
+            engine.save_checkpoint(str(stage), tag=name, save_latest=False,
+                                   exclude_frozen_parameters=not self.save_frozen)
         if self.rank == 0:
             if self.ema is not None:
                 self.ema.save_pretrained(self.ema_model, stage / EMA_DIR)
@@ -190,7 +196,7 @@ class Trainer:
         if path is None:
             return False
         for name, engine in self.engines.items():
-            engine.load_checkpoint(str(path), tag=name)
+            engine.load_checkpoint(str(path), tag=name, load_module_strict=self.save_frozen)
         if self.ema is not None:
             self.ema.load_pretrained(path / EMA_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
