@@ -54,7 +54,8 @@ def test_reconstruct_bad_inputs(tmp_path: Path, bad_media: dict[str, Path], caps
 @pytest.mark.parametrize("main, argv, prefix, message", [
     (vae_main, ["train", "colour=red"], "soraplan-vae train:", "unknown config key(s) ['colour']"),
     (vae_main, ["train", "data.num_frames=8"], "soraplan-vae train:", "1 + 4n"),
-    (dit_main, ["train", "optimizer.lr=0"], "soraplan-dit train:", "optimizer.lr: 0.0 is out of range"),
+    (dit_main, ["train", "optimizer.lr=0"], "soraplan-dit train:",
+     "optimizer.lr: 0.0 is out of range"),
     (dit_main, ["train", "model.name=huge"], "soraplan-dit train:", "unknown DiT config 'huge'"),
     (dit_main, ["encode"], "soraplan-dit encode:", "set shards and vae"),
     (dit_main, ["encode", "ray.concurrency=0"], "soraplan-dit encode:", "ray.concurrency"),

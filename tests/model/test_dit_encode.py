@@ -111,7 +111,8 @@ def test_encode_job_checks_its_models_before_starting_ray(missing, clip_row, mod
         main(["encode", "--shards", str(tmp_path / "curated"), "--out", str(tmp_path / "latents"),
               *(f"{key}={path}" for key, path in paths.items())])
     assert exit_info.value.code == 2
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("soraplan-dit encode:")]
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-dit encode:")]
     assert f"set {missing}" in line
     assert not (tmp_path / "latents").exists()
 

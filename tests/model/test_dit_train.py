@@ -100,7 +100,8 @@ def test_training_without_data_fails_at_start_naming_the_keys(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(CONFIG), f"output_dir={tmp_path / 'run'}"])
     assert exit_info.value.code == 2
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("soraplan-dit train:")]
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-dit train:")]
     assert "no training data" in line and "data.root" in line and "data.shards" in line
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="data.vae, data.text_cache"):

@@ -275,7 +275,8 @@ def test_training_without_data_fails_at_start_naming_the_keys(
         main(["train", "--config", str(REPO / "pipelines/configs/vae_tiny.yaml"),
               f"output_dir={tmp_path / 'run'}"])
     assert exit_info.value.code == 2
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("soraplan-vae train:")]
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-vae train:")]
     assert "data.shard_dirs" in line and "data.video_dirs" in line and "data.image_dirs" in line
     assert not (tmp_path / "run").exists()
 
@@ -307,7 +308,8 @@ def test_two_process_deepspeed_resume_equals_uninterrupted(
     launch(tmp_path / "resumed", 4)
     from safetensors.torch import load_file
 
-    a = load_file(tmp_path / "straight/checkpoints/step_00000004/ema/diffusion_pytorch_model.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/step_00000004/ema/diffusion_pytorch_model.safetensors")
+    ema = "checkpoints/step_00000004/ema/diffusion_pytorch_model.safetensors"
+    a = load_file(tmp_path / "straight" / ema)
+    b = load_file(tmp_path / "resumed" / ema)
     for k in a:
         assert torch.equal(a[k], b[k]), k

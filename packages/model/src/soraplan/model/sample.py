@@ -89,7 +89,9 @@ def sample(cfg: SampleConfig) -> Path:
                if getattr(cfg, f) is None]
     if missing:
         raise ConfigError(f"set {', '.join(missing)}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = resolve_model_dir(cfg.checkpoint)  # fail fast on every missing input
     codec = load_wfvae_codec(cfg.vae, "--vae", device)
     if (cfg.frames - 1) % codec.temporal_compression:

@@ -29,7 +29,8 @@ class BucketConfig:
         if self.min_hxw > self.max_hxw:
             raise ConfigError(f"min_hxw {self.min_hxw} is above max_hxw {self.max_hxw}")
         if self.min_num_frames > self.num_frames:
-            raise ConfigError(f"min_num_frames {self.min_num_frames} is above num_frames {self.num_frames}")
+            raise ConfigError(f"min_num_frames {self.min_num_frames} is above num_frames "
+                              f"{self.num_frames}")
 
 
 @dataclass(frozen=True)

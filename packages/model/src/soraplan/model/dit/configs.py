@@ -32,7 +32,8 @@ class DiTModelConfig:
 
     def validate(self) -> None:
         if self.pretrained is None and self.name not in DIT_CONFIGS:
-            raise ConfigError(f"name: unknown DiT config {self.name!r}; known: {sorted(DIT_CONFIGS)}")
+            raise ConfigError(f"name: unknown DiT config {self.name!r}; "
+                              f"known: {sorted(DIT_CONFIGS)}")
 
     def build(self) -> SkiparseDiT:
         self.validate()  # also for configs made in code

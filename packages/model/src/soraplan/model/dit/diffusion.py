@@ -28,7 +28,8 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.beta_start >= self.beta_end:
-            raise ConfigError(f"beta_start {self.beta_start} must be below beta_end {self.beta_end}")
+            raise ConfigError(f"beta_start {self.beta_start} must be below beta_end "
+                              f"{self.beta_end}")
 
     def _schedule(self) -> dict[str, object]:
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,

@@ -188,8 +188,9 @@ def check_models(cfg: EncodeConfig) -> None:
 
     from soraplan.model.vae.modeling_wfvae import WFVAEModel
 
-    for key, path, load in (("vae", cfg.vae, WFVAEModel.load_config),
-                            ("text_encoder.path", cfg.text_encoder.path, AutoConfig.from_pretrained)):
+    checks = (("vae", cfg.vae, WFVAEModel.load_config),
+              ("text_encoder.path", cfg.text_encoder.path, AutoConfig.from_pretrained))
+    for key, path, load in checks:
         try:
             load(path)
         except OSError as exc:
@@ -210,7 +211,8 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     for folder in (INDEX_DIR, ERRORS_DIR):
         move_partial_files(out / folder, out)
     done = done_ids(out / INDEX_DIR, "clip_id")
-    pending = clips.filter(pc.invert(pc.is_in(clips["clip_id"], pa.array(sorted(done), pa.string()))))
+    is_done = pc.is_in(clips["clip_id"], pa.array(sorted(done), pa.string()))
+    pending = clips.filter(pc.invert(is_done))
     encoded = errors = 0
     if pending.num_rows:
         ray = cfg.ray.init()

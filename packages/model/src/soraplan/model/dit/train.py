@@ -50,7 +50,8 @@ class DiTDataConfig:
                                   "encode), or data.source=clips with data.shards, data.vae and "
                                   "data.text_cache")
             return LatentDataset(self.root)
-        missing = [f"data.{key}" for key in ("shards", "vae", "text_cache") if not getattr(self, key)]
+        missing = [f"data.{key}" for key in ("shards", "vae", "text_cache")
+                   if not getattr(self, key)]
         if missing:
             raise ConfigError(f"no training data: data.source=clips needs {', '.join(missing)}")
         codec = load_wfvae_codec(self.vae, "data.vae", device)
@@ -149,7 +150,8 @@ class DiTTrainer(Trainer):
             cfg.sample_steps, cfg.diffusion.guidance_scale, cfg.seed)
         if cfg.sample_vae:
             codec = load_wfvae_codec(cfg.sample_vae, "sample_vae", device)
-            frames = (codec.decode(latents)[0].transpose(0, 1).float().cpu() + 1) / 2  # (T, 3, H, W)
+            video = codec.decode(latents)[0].transpose(0, 1)  # (T, 3, H, W) in [-1, 1]
+            frames = (video.float().cpu() + 1) / 2
         else:
             preview = latents[0, :3].transpose(0, 1).float().cpu()
             low, high = preview.amin(), preview.amax()

@@ -76,7 +76,8 @@ def reconstruct_frames(
 
 def reconstruct(cfg: ReconstructConfig) -> dict[str, float]:
     if not cfg.input or not cfg.output:
-        raise ConfigError("name the input video and the output file: soraplan-vae reconstruct IN OUT")
+        raise ConfigError("name the input video and the output file: "
+                          "soraplan-vae reconstruct IN OUT")
     vae = cfg.model.build().to(getattr(torch, cfg.dtype)).eval()  # fails fast on missing weights
     if not Path(cfg.input).is_file():
         raise FileNotFoundError(f"input video not found: {cfg.input}")

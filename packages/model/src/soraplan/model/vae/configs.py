@@ -46,7 +46,8 @@ class WFVAEConfig:
 
     def validate(self) -> None:
         if not (self.pretrained or self.config_file) and self.name not in WFVAE_CONFIGS:
-            raise ConfigError(f"name: unknown WF-VAE config {self.name!r}; known: {sorted(WFVAE_CONFIGS)}")
+            raise ConfigError(f"name: unknown WF-VAE config {self.name!r}; "
+                              f"known: {sorted(WFVAE_CONFIGS)}")
 
     def build(self) -> WFVAEModel:
         self.validate()  # also for configs made in code
@@ -54,7 +55,8 @@ class WFVAEConfig:
             return load_pretrained(self.pretrained)
         if self.config_file:
             if not Path(self.config_file).is_file():
-                raise FileNotFoundError(f"WF-VAE config file not found: {self.config_file!r} (model.config_file)")
+                raise FileNotFoundError(f"WF-VAE config file not found: {self.config_file!r} "
+                                        "(model.config_file)")
             return WFVAEModel.from_config(WFVAEModel.load_config(self.config_file))
         return WFVAEModel(**{**WFVAE_CONFIGS[self.name], **self.overrides})
 

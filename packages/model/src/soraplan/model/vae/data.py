@@ -28,13 +28,14 @@ MAX_ATTEMPTS = 8  # unreadable sources are skipped, drawing another one
 
 @dataclass
 class VAEDataConfig:
-    shard_dirs: list[str] = field(default_factory=list)  # curated output folders (<dir>/clips/*.parquet)
+    # Curated output folders (<dir>/clips/*.parquet): their kept clips, inside their crop box.
+    shard_dirs: list[str] = field(default_factory=list)
     video_dirs: list[str] = field(default_factory=list)  # folders of videos, each used whole
     image_dirs: list[str] = field(default_factory=list)
     image_fraction: UnitFloat = 0.0  # share of steps whose batch is images (T = 1)
     num_frames: PositiveInt = 17  # 1 + 4n
     crop_size: PositiveInt = 64  # a multiple of 8 (the VAE's spatial compression)
-    short_side: PositiveInt = 80  # frames are scaled so the (cropped) short side is this, then cropped
+    short_side: PositiveInt = 80  # frames scaled so the (cropped) short side is this, then cropped
     fps: PositiveFloat | None = 8.0  # frame rate frames are sampled at; None: the clip's own
     batch_size: PositiveInt = 1  # per process
 
@@ -113,7 +114,8 @@ def random_crop(
 class VideoCropSampler:
     def __init__(self, cfg: VAEDataConfig, seed: int = 0) -> None:
         if not (cfg.shard_dirs or cfg.video_dirs or cfg.image_dirs):
-            raise ConfigError("no training data: set data.shard_dirs, data.video_dirs or data.image_dirs")
+            raise ConfigError("no training data: set data.shard_dirs, data.video_dirs or "
+                              "data.image_dirs")
         for key in ("shard_dirs", "video_dirs", "image_dirs"):
             for folder in getattr(cfg, key):
                 if not Path(folder).is_dir():

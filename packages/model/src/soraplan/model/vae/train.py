@@ -38,7 +38,8 @@ class TrainVAEConfig(TrainerConfig):
     data: VAEDataConfig = field(default_factory=VAEDataConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     # The discriminator's optimizer (the generator's is `optimizer`).
-    disc_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(weight_decay=1e-4))
+    disc_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(weight_decay=1e-4))
     video_every: NonNegativeInt = 200  # steps between reconstruction videos; 0: none
 
 
