@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soraplan.core.config import ConfigError
-from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+
+if TYPE_CHECKING:  # importing diffusers costs seconds; the config needs it only to build
+    from soraplan.model.dit.modeling_skiparse import SkiparseDiT
 
 # Parameter counts: `python bench/param_counts.py`.
 DIT_CONFIGS: dict[str, dict[str, Any]] = {
@@ -36,6 +38,8 @@ class DiTModelConfig:
                               f"known: {sorted(DIT_CONFIGS)}")
 
     def build(self) -> SkiparseDiT:
+        from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+
         self.validate()  # also for configs made in code
         if self.pretrained:
             if not Path(self.pretrained).is_dir():

@@ -8,13 +8,15 @@ Sampling: Euler-Ancestral with trailing timestep spacing and classifier-free gui
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # importing diffusers costs seconds; the config needs it only to build
+    from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 
 
 @dataclass
@@ -37,9 +39,13 @@ class DiffusionConfig:
                     prediction_type="v_prediction", timestep_spacing="trailing")
 
     def train_scheduler(self) -> DDPMScheduler:
+        from diffusers import DDPMScheduler
+
         return DDPMScheduler(**self._schedule())
 
     def sample_scheduler(self) -> EulerAncestralDiscreteScheduler:
+        from diffusers import EulerAncestralDiscreteScheduler
+
         return EulerAncestralDiscreteScheduler(**self._schedule())
 
 

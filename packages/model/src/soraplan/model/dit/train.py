@@ -23,7 +23,6 @@ from soraplan.model.dit.configs import DiTModelConfig
 from soraplan.model.dit.data import LatentDataset
 from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
 from soraplan.model.dit.encode import ClipDataset
-from soraplan.model.dit.modeling_skiparse import SkiparseDiT
 from soraplan.model.dit.sampler import BucketBatchSampler
 from soraplan.model.dit.text import TextEmbeddingCache
 
@@ -137,7 +136,7 @@ class DiTTrainer(Trainer):
         """Sample the first training caption with the EMA weights (the raw ones without EMA);
         log video frames or, without a VAE, the first three latent channels."""
         cfg, device = self.cfg, self.device
-        model = SkiparseDiT.from_config(self.model.config).to(device).eval()
+        model = type(self.model).from_config(self.model.config).to(device).eval()
         model.load_state_dict(self.model.state_dict())
         if self.ema is not None:
             self.ema.copy_to(model)
