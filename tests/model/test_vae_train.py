@@ -282,6 +282,7 @@ def test_training_without_data_fails_at_start_naming_the_keys(
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(2700)  # three 2-process launches; each start takes 4-9 min on loaded cores
 def test_two_process_deepspeed_resume_equals_uninterrupted(
     curated_dir: Path, tmp_path: Path
 ) -> None:
