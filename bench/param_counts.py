@@ -6,14 +6,14 @@
 import json
 
 import torch
-from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
+from soraplan.model.dit.configs import DIT_CONFIGS, DiTModelConfig
 
 
 def main() -> None:
     counts = {}
     for name in DIT_CONFIGS:
         with torch.device("meta"):
-            model = SkiparseDiT.from_named_config(name)
+            model = DiTModelConfig(name=name).build()
         dim = model.config.num_heads * model.config.head_dim
         counts[name] = {"params": sum(p.numel() for p in model.parameters()),
                         "layers": model.config.num_layers, "hidden": dim,

@@ -1,26 +1,14 @@
-"""Train the Skiparse DiT on latent shards.
+"""`soraplan-dit train` for launchers that want a script path:
 
-    deepspeed --num_gpus 2 pipelines/train_dit.py --config pipelines/configs/dit_small.yaml \
-        [key=value ...]
-    python pipelines/train_dit.py --config pipelines/configs/dit_tiny_cpu.yaml steps=20
+    deepspeed --num_gpus 8 pipelines/train_dit.py --config pipelines/configs/dit_2.7b.yaml [key=value ...]
+    torchrun --nproc_per_node 2 pipelines/train_dit.py --config pipelines/configs/dit_tiny_cpu.yaml ...
+
+The trainer lives in soraplan.model.dit.train.
 """
 
-import argparse
+import sys
 
-from soraplan.core.config import load_config
-from soraplan.model.dit.training import TrainConfig, train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file of TrainConfig")
-    parser.add_argument("--local_rank", type=int, default=None,
-                        help="set by the deepspeed launcher")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    args = parser.parse_args()
-    train(load_config(TrainConfig, args.config, args.overrides))
-
+from soraplan.model.dit.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["train", *sys.argv[1:]])

@@ -1,35 +1,14 @@
-"""Train WF-VAE.
+"""`soraplan-vae train` for launchers that want a script path:
 
-    deepspeed --num_gpus 2 pipelines/train_vae.py --config pipelines/configs/vae_tiny.yaml [key.path=value ...]
-    python pipelines/train_vae.py --config pipelines/configs/vae_tiny.yaml max_steps=10   # one process
+    deepspeed --num_gpus 8 pipelines/train_vae.py --config pipelines/configs/vae_wfvae_s.yaml [key=value ...]
+    deepspeed --num_accelerators 2 pipelines/train_vae.py ...   # two CPU processes (gloo)
 
-On a CPU-only machine the deepspeed launcher starts CPU processes (gloo); use
-`deepspeed --num_accelerators 2 ...` or `torchrun --nproc_per_node 2 ...` for two.
+The trainer lives in soraplan.model.vae.train.
 """
 
-from __future__ import annotations
+import sys
 
-import argparse
-import logging
-
-from soraplan.core.config import load_config
-from soraplan.model.vae.train import Trainer, TrainVAEConfig
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="YAML file with TrainVAEConfig fields")
-    parser.add_argument(
-        "--local_rank", type=int, default=None, help="set by the deepspeed launcher"
-    )
-    parser.add_argument("overrides", nargs="*", help="key.path=value")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(TrainVAEConfig, args.config, args.overrides)
-    Trainer(cfg).fit()
-
+from soraplan.model.vae.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["train", *sys.argv[1:]])

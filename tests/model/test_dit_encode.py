@@ -6,7 +6,8 @@ from soraplan.core.video import write_video
 from soraplan.model.dit.buckets import BucketConfig, latent_shape
 from soraplan.model.dit.data import LatentDataset, write_index
 from soraplan.model.dit.encode import ClipDataset, EncodeConfig, LatentEncoder, clip_frames
-from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig, save_tiny_t5
+from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig
+from soraplan.model.testing import save_tiny_t5
 from soraplan.model.vae.configs import WFVAEConfig
 
 BUCKETS = BucketConfig(min_hxw=64 * 64, max_hxw=96 * 128, hw_stride=32, train_fps=8,
@@ -53,7 +54,7 @@ def test_latent_encoder_writes_a_trainable_shard(clip_row, models, tmp_path):
     assert rows[0]["error"] is None
     assert (rows[0]["latent_t"], rows[0]["latent_h"], rows[0]["latent_w"]) == latent_shape(
         (5, 64, 128), 4, 8)
-    write_index(cfg.out, [{k: v for k, v in rows[0].items() if k != "error"}], "part-0")
+    write_index(cfg.out, [{k: v for k, v in rows[0].items() if k != "error"}])
     dataset = LatentDataset(cfg.out)
     batch = dataset.batch([0], [False])
     assert batch["latents"].shape == (1, 4, 2, 8, 16)
@@ -80,6 +81,42 @@ def test_missing_vae_fails_before_touching_data(tmp_path):
     assert not (tmp_path / "latents").exists()
 
 
+def test_rerun_with_every_clip_encoded_skips_them_without_starting_ray(clip_row, models, tmp_path,
+                                                                       monkeypatch):
+    from soraplan.core.ray_session import RayConfig
+    from soraplan.model.dit.encode import run_encode
+
+    vae_dir, t5_dir = models
+    write_table_atomic(rows_to_table([clip_row]), tmp_path / "curated" / "clips" / "part.parquet")
+    out = tmp_path / "latents"
+    write_index(out, [dict(clip_id="clip-0", file="latents/clip-0.safetensors", caption="c",
+                           latent_t=2, latent_h=8, latent_w=16)])
+    monkeypatch.setattr(RayConfig, "init", lambda self: pytest.fail("Ray started"))
+    cfg = EncodeConfig(shards=str(tmp_path / "curated"), out=str(out), vae=str(vae_dir),
+                       text_encoder=TextEncoderConfig(path=str(t5_dir)), buckets=BUCKETS)
+    summary = run_encode(cfg)
+    assert summary["already_encoded"] == 1 and summary["encoded"] == 0
+    assert (out / "run.yaml").is_file() and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("missing", ["vae", "text_encoder.path"])
+def test_encode_job_checks_its_models_before_starting_ray(missing, clip_row, models, tmp_path,
+                                                          capsys):
+    from soraplan.model.dit.cli import main
+
+    vae_dir, t5_dir = models
+    write_table_atomic(rows_to_table([clip_row]), tmp_path / "curated" / "clips" / "part.parquet")
+    paths = {"vae": vae_dir, "text_encoder.path": t5_dir, missing: tmp_path / "absent"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", "--shards", str(tmp_path / "curated"), "--out", str(tmp_path / "latents"),
+              *(f"{key}={path}" for key, path in paths.items())])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-dit encode:")]
+    assert f"set {missing}" in line
+    assert not (tmp_path / "latents").exists()
+
+
 @pytest.mark.heavy
 def test_encode_latents_ray_job(clip_row, models, tmp_path):
     import json
@@ -87,6 +124,8 @@ def test_encode_latents_ray_job(clip_row, models, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
+    from soraplan.core.outputs import read_results
 
     vae_dir, t5_dir = models
     bad = dict(clip_row, clip_id="clip-bad", path=str(tmp_path / "missing.mp4"))
@@ -99,11 +138,26 @@ def test_encode_latents_ray_job(clip_row, models, tmp_path):
            "--config", str(root / "pipelines" / "configs" / "dit_encode.yaml"),
            f"shards={tmp_path / 'curated'}", f"out={out}", f"vae={vae_dir}",
            f"text_encoder.path={t5_dir}", "buckets.min_hxw=4096", "buckets.max_hxw=12288",
-           "buckets.train_fps=8", "buckets.num_frames=9", "buckets.min_num_frames=5"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary == {"encoded": 1, "errors": 1, "out": str(out)}
-    assert list(json.loads((out / "encode_errors.json").read_text())) == ["clip-bad"]
+           "buckets.train_fps=8", "buckets.num_frames=9", "buckets.min_num_frames=5",
+           "ray.local_num_cpus=2"]
+
+    def run() -> dict:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert json.dumps(summary, indent=2) in result.stdout
+        return summary
+
+    assert run() == {"kept_clips": 2, "already_encoded": 0, "encoded": 1, "errors": 1,
+                     "encoded_total": 1, "out": str(out)}
+    errors = read_results(out / "errors").to_pylist()
+    assert [e["clip_id"] for e in errors] == ["clip-bad"] and "not found" in errors[0]["error"]
     assert LatentDataset(out).bucket_of == [latent_shape((5, 64, 128), 4, 8)]
+    # A rerun skips the encoded clip and retries the failed one.
+    latent_file = out / "latents" / "clip-0.safetensors"
+    written = latent_file.stat().st_mtime_ns
+    assert run() == {"kept_clips": 2, "already_encoded": 1, "encoded": 0, "errors": 1,
+                     "encoded_total": 1, "out": str(out)}
+    assert latent_file.stat().st_mtime_ns == written
+    assert len(LatentDataset(out)) == 1

@@ -1,13 +1,15 @@
 import pytest
 import torch
 from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
-from soraplan.model.dit.model import DIT_CONFIGS, SkiparseDiT
-from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig, save_tiny_t5
+from soraplan.model.dit.configs import DIT_CONFIGS, DiTModelConfig
+from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+from soraplan.model.dit.text import TextEmbeddingCache, TextEncoderConfig
+from soraplan.model.testing import save_tiny_t5
 
 
 def tiny(**overrides) -> SkiparseDiT:
     torch.manual_seed(0)
-    return SkiparseDiT.from_named_config("tiny", **overrides)
+    return DiTModelConfig(name="tiny", overrides=overrides).build()
 
 
 def randomize_outputs(model: SkiparseDiT) -> None:
@@ -25,7 +27,7 @@ def test_named_configs_match_issue():
     assert (big["num_layers"], big["num_heads"], big["head_dim"], big["text_dim"],
             big["sparse_k"]) == (32, 24, 96, 4096, 4)
     with torch.device("meta"):
-        model = SkiparseDiT.from_named_config("skiparse-2.7b")
+        model = DiTModelConfig(name="skiparse-2.7b").build()
     params = sum(p.numel() for p in model.parameters())
     assert 2.6e9 < params < 2.9e9
     kinds = [b.attn.kind for b in model.blocks]

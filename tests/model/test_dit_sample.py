@@ -1,10 +1,10 @@
 import pytest
 import torch
 from soraplan.core.video import probe
-from soraplan.model.common.checkpoint import atomic_write_text
-from soraplan.model.dit.model import SkiparseDiT
-from soraplan.model.dit.text import save_tiny_t5
+from soraplan.core.train.checkpoint import atomic_write_text
+from soraplan.model.dit.configs import DiTModelConfig
 from soraplan.model.sample import main, resolve_model_dir
+from soraplan.model.testing import save_tiny_t5
 from soraplan.model.vae.configs import WFVAEConfig
 
 
@@ -12,7 +12,7 @@ from soraplan.model.vae.configs import WFVAEConfig
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     torch.manual_seed(0)
-    model = SkiparseDiT.from_named_config("tiny")
+    model = DiTModelConfig(name="tiny").build()
     torch.nn.init.normal_(model.proj_out.weight, std=0.02)
     # Lay the weights out as a training run does: <out>/checkpoints/<tag>/ema + latest.
     model.save_pretrained(root / "run" / "checkpoints" / "step_00000010" / "ema")
@@ -40,7 +40,9 @@ def test_sample_writes_a_video_of_the_requested_shape(assets, tmp_path):
     assert (info.num_frames, info.width, info.height) == (5, 48, 32)
 
 
-def test_missing_vae_fails_fast_naming_the_flag(assets, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--vae"):
+def test_missing_vae_fails_fast_naming_the_flag(assets, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(assets / "run"), "--prompt", "x", "--vae",
               str(tmp_path / "no-vae"), "--text-encoder", str(assets / "t5")])
+    assert exit_info.value.code == 2
+    assert "--vae" in capsys.readouterr().err

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from soraplan.core.config import load_config
-from soraplan.model.dit.data import LatentDataset, write_synthetic_latents
-from soraplan.model.dit.model import SkiparseDiT
-from soraplan.model.dit.training import EMA_DIR, EMA_WEIGHTS, TrainConfig, train
+from soraplan.core.config import ConfigError, load_config
+from soraplan.core.train.ema import WEIGHTS_NAME
+from soraplan.core.train.trainer import EMA_DIR
+from soraplan.model.dit.data import LatentDataset
+from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+from soraplan.model.dit.train import DiTTrainer, TrainDiTConfig
+from soraplan.model.testing import write_synthetic_latents
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "pipelines" / "configs" / "dit_tiny_cpu.yaml"
@@ -28,19 +31,19 @@ def latents(tmp_path_factory):
 
 def overrides(latents: Path, out: Path, steps: int, **extra) -> list[str]:
     items = {"data.root": str(latents), "output_dir": str(out), "steps": steps,
-             "checkpoint_every": 2, "ema_decay": 0.5, "optimizer.lr": 1e-3, "log_every": 1000,
-             **extra}
+             "checkpoint.every": 2, "ema.decay": 0.5, "optimizer.lr": 1e-3, "log_every": 1000,
+             "optimizer.warmup_steps": 2, "cpu_threads": 1, **extra}
     return [f"{k}={v}" for k, v in items.items()]
 
 
-def losses(out: Path) -> dict[int, float]:
+def losses(out: Path, key: str = "loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}  # a resumed run rewrites steps after its restart
+    return {r["step"]: r[key] for r in rows}  # a resumed run rewrites steps after its restart
 
 
 def ema_weights(out: Path) -> dict[str, torch.Tensor]:
     latest = (out / "checkpoints" / "latest").read_text().strip()
-    return load_file(str(out / "checkpoints" / latest / EMA_DIR / EMA_WEIGHTS))
+    return load_file(str(out / "checkpoints" / latest / EMA_DIR / WEIGHTS_NAME))
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -59,9 +62,14 @@ def test_latent_dataset_buckets_and_caption_dropout(latents):
     assert torch.all(batch["text_states"][1] == 0)
 
 
+def train(args: list[str]) -> Path:
+    cfg = load_config(TrainDiTConfig, CONFIG, args)
+    DiTTrainer(cfg).fit()
+    return Path(cfg.output_dir)
+
+
 def test_resume_reproduces_uninterrupted_run(latents, tmp_path):
-    straight = train(load_config(TrainConfig, CONFIG, overrides(
-        latents, tmp_path / "a", 4, sample_every=4, sample_steps=2)))
+    straight = train(overrides(latents, tmp_path / "a", 4, sample_every=4, sample_steps=2))
     events = list((straight / "tensorboard").glob("events.out.tfevents.*"))
     tags = set()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -71,17 +79,34 @@ def test_resume_reproduces_uninterrupted_run(latents, tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
     assert {"train/loss", "train/grad_norm", "samples/frames"} <= tags
-    train(load_config(TrainConfig, CONFIG, overrides(latents, tmp_path / "b", 2)))
-    resumed = train(load_config(TrainConfig, CONFIG, overrides(latents, tmp_path / "b", 4)))
+    train(overrides(latents, tmp_path / "b", 2))
+    resumed = train(overrides(latents, tmp_path / "b", 4))
     state = json.loads((resumed / "checkpoints" / "step_00000004" / "train_state.json").read_text())
     assert state["step"] == 4 and state["sampler"]["step"] == 4
     assert losses(straight) == losses(resumed)
+    # The learning-rate warm-up resumes where it stopped.
+    assert losses(resumed, "lr") == {1: 5e-4, 2: 1e-3, 3: 1e-3, 4: 1e-3}
     assert_same_weights(ema_weights(straight), ema_weights(resumed), atol=0)
     # The EMA directory is a diffusers model directory, loadable for sampling.
     model = SkiparseDiT.from_pretrained(resumed / "checkpoints" / "step_00000004" / "ema")
     assert model.config.num_layers == 4
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir() if p.is_dir()) == [
         "step_00000002", "step_00000004"]
+
+
+def test_training_without_data_fails_at_start_naming_the_keys(tmp_path, capsys):
+    from soraplan.model.dit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(CONFIG), f"output_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-dit train:")]
+    assert "no training data" in line and "data.root" in line and "data.shards" in line
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="data.vae, data.text_cache"):
+        DiTTrainer(load_config(TrainDiTConfig, CONFIG, [f"output_dir={tmp_path / 'run'}",
+                                                        "data.source=clips", "data.shards=s"]))
 
 
 def run_training(args: list[str], processes: int = 1, wait: bool = True) -> subprocess.Popen:

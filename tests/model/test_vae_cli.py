@@ -50,15 +50,17 @@ def test_reconstruct_cli_writes_video_and_prints_metrics(
             "chunk_latents=1",
         ]
     )
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 9 and np.isfinite(report["psnr"]) and -1 <= report["ssim"] <= 1
     info = probe(tmp_path / "out.mp4")
     assert (info.num_frames, info.width, info.height) == (9, 56, 40)
 
 
-def test_reconstruct_fails_fast_on_missing_weights(tmp_path: Path) -> None:
+def test_reconstruct_fails_fast_on_missing_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The input does not exist either: the weights are checked first, before any data is read.
-    with pytest.raises(FileNotFoundError, match="model.pretrained"):
+    with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "reconstruct",
@@ -68,3 +70,5 @@ def test_reconstruct_fails_fast_on_missing_weights(tmp_path: Path) -> None:
                 str(tmp_path / "no-weights"),
             ]
         )
+    assert exit_info.value.code == 2
+    assert "model.pretrained" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from soraplan.core.config import ConfigError
 from soraplan.model.vae import WFVAE_CONFIGS, WFVAEConfig, WFVAEModel
 from soraplan.model.vae.modules import (
     HaarWavelet2D,
@@ -142,7 +143,7 @@ def test_named_configs_build_and_save_load_round_trip(tmp_path: Path) -> None:
         )
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         WFVAEConfig(pretrained=str(tmp_path / "missing")).build()
-    with pytest.raises(KeyError, match="wfvae-s"):
+    with pytest.raises(ConfigError, match="wfvae-s"):
         WFVAEConfig(name="nope").build()
 
 

@@ -91,8 +91,7 @@ def test_sampler_reads_kept_clips_inside_their_crop_deterministically(curated_di
         short_side=32,
         fps=8.0,
         batch_size=2,
-        seed=3,
-    ).build()
+    ).build(seed=3)
     assert len(sampler.clips) == 2  # the rejected row is not used
     batch = sampler.batch(step=5, rank=1)
     assert batch.shape == (2, 3, 9, 32, 32)
@@ -169,6 +168,7 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
 def test_lpips_falls_back_with_warning_and_loads_a_backbone_from_a_path(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="loss.lpips_backbone_weights"):
         assert load_lpips("alex", str(tmp_path / "missing.pth")) is None
+    pytest.importorskip("lpips", reason="the lpips extra of soraplan-model")
     import torchvision
 
     state = torchvision.models.alexnet(weights=None).state_dict()
@@ -187,10 +187,10 @@ def test_lpips_falls_back_with_warning_and_loads_a_backbone_from_a_path(tmp_path
     assert (lpips_net(a, -a) > 0).all()
 
 
-def train_config(out: Path, curated: Path, max_steps: int) -> list[str]:
+def train_config(out: Path, curated: Path, steps: int) -> list[str]:
     return [
         f"output_dir={out}",
-        f"max_steps={max_steps}",
+        f"steps={steps}",
         "model.name=wfvae-tiny",
         f"model.overrides={json.dumps(TINY)}",
         f"data.shard_dirs=[{curated}]",
@@ -203,10 +203,9 @@ def train_config(out: Path, curated: Path, max_steps: int) -> list[str]:
         "loss.disc_layers=2",
         "log_every=1",
         "video_every=2",
-        "save_every=2",
-        "ema_decay=0.5",
+        "checkpoint.every=2",
+        "ema.decay=0.5",
         "cpu_threads=1",
-        f"deepspeed_config={REPO / 'pipelines/configs/ds_zero2.json'}",
     ]
 
 
@@ -214,14 +213,14 @@ def run_trainer(
     overrides: list[str],
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from soraplan.core.config import load_config
-    from soraplan.model.vae.train import Trainer, TrainVAEConfig
+    from soraplan.model.vae.train import TrainVAEConfig, VAETrainer
 
-    trainer = Trainer(load_config(TrainVAEConfig, None, overrides))
+    trainer = VAETrainer(load_config(TrainVAEConfig, None, overrides))
     history = trainer.fit()
     return (
         history,
         {k: v.clone() for k, v in trainer.vae.state_dict().items()},
-        trainer.ema.state_dict(),
+        {k: v.clone() for k, v in trainer.ema.shadow.items()},
     )
 
 
@@ -255,15 +254,35 @@ def test_resumed_training_equals_uninterrupted(
     for k in ema:
         assert torch.equal(ema[k], ema_resumed[k]), k
     # Training moved the weights, and the run left its artefacts behind.
-    ckpts = tmp_path / "resumed" / "checkpoints"
-    assert (ckpts / "latest").read_text() == "step00000004"
+    run = tmp_path / "resumed"
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_00000004"
     assert not list(ckpts.glob(".staging-*"))
-    assert WFVAEModel.from_pretrained(ckpts / "step00000004" / "vae_ema").config.base_channels == 8
-    assert list((tmp_path / "resumed" / "tb").glob("events.out.tfevents.*"))
-    assert (tmp_path / "resumed" / "samples" / "step00000004.mp4").is_file()
+    last = ckpts / "step_00000004"
+    assert (last / "model").is_dir() and (last / "discriminator").is_dir()
+    assert WFVAEModel.from_pretrained(last / "ema").config.base_channels == 8
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "samples" / "step_00000004.mp4").is_file()
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_training_without_data_fails_at_start_naming_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], single_process_env: None
+) -> None:
+    from soraplan.model.vae.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(REPO / "pipelines/configs/vae_tiny.yaml"),
+              f"output_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("soraplan-vae train:")]
+    assert "data.shard_dirs" in line and "data.video_dirs" in line and "data.image_dirs" in line
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(2700)  # three 2-process launches; each start takes 4-9 min on loaded cores
 def test_two_process_deepspeed_resume_equals_uninterrupted(
     curated_dir: Path, tmp_path: Path
 ) -> None:
@@ -290,7 +309,8 @@ def test_two_process_deepspeed_resume_equals_uninterrupted(
     launch(tmp_path / "resumed", 4)
     from safetensors.torch import load_file
 
-    a = load_file(tmp_path / "straight/checkpoints/step00000004/ema.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/step00000004/ema.safetensors")
+    ema = "checkpoints/step_00000004/ema/diffusion_pytorch_model.safetensors"
+    a = load_file(tmp_path / "straight" / ema)
+    b = load_file(tmp_path / "resumed" / ema)
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -11,17 +11,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt
+
 Bucket = tuple[int, int, int]  # (frames, height, width) in pixels
 
 
 @dataclass
 class BucketConfig:
-    min_hxw: int = 320 * 320
-    max_hxw: int = 384 * 616
-    hw_stride: int = 32
-    train_fps: float = 16.0
-    num_frames: int = 93
-    min_num_frames: int = 29  # shorter clips are skipped; images (1 frame) always pass
+    min_hxw: PositiveInt = 320 * 320  # pixel area a clip is resized into, kept aspect ratio
+    max_hxw: PositiveInt = 384 * 616
+    hw_stride: PositiveInt = 32  # crop height and width to multiples of this
+    train_fps: PositiveFloat = 16.0
+    num_frames: PositiveInt = 93  # at most; cut to 1 + 4n
+    min_num_frames: PositiveInt = 29  # shorter clips are skipped; images (1 frame) always pass
+
+    def validate(self) -> None:
+        if self.min_hxw > self.max_hxw:
+            raise ConfigError(f"min_hxw {self.min_hxw} is above max_hxw {self.max_hxw}")
+        if self.min_num_frames > self.num_frames:
+            raise ConfigError(f"min_num_frames {self.min_num_frames} is above num_frames "
+                              f"{self.num_frames}")
 
 
 @dataclass(frozen=True)

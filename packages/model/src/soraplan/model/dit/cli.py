@@ -1,15 +1,23 @@
-"""`soraplan-dit`: small command-line tools around the DiT.
+"""`soraplan-dit`: train the Skiparse DiT, encode its training data, inspect attention patterns.
 
+    soraplan-dit train --config pipelines/configs/dit_tiny_cpu.yaml data.root=... [key=value ...]
+    soraplan-dit encode --config pipelines/configs/dit_encode.yaml --shards S --out O vae=...
     soraplan-dit attention-distance --shape 24 32 32 --k 2 4 6 8 [--json]
+
+`train` runs in this process; several processes: `deepspeed pipelines/train_dit.py ...` or
+`torchrun --nproc_per_node N pipelines/train_dit.py ...`. `encode` is a Ray job
+(`ray job submit -- python pipelines/encode_latents.py ...` on a cluster).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Sequence
+from typing import Any
 
+from soraplan.core.cli import Command, console_main
 from soraplan.model.dit.distance import MODE_KINDS, distance_table
+from soraplan.model.dit.encode import EncodeConfig, run_encode
+from soraplan.model.dit.train import DiTTrainer, TrainDiTConfig
 
 MODE_TITLES = {"full": "full 3D", "spatial_temporal": "2+1D", "skip_window": "skip+window",
                "skiparse": "skiparse"}
@@ -23,26 +31,46 @@ def format_table(rows: list[dict[str, float | int]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="soraplan-dit")
-    commands = parser.add_subparsers(dest="command", required=True)
-    distance = commands.add_parser(
-        "attention-distance", help="average attention distance of each attention mode")
-    distance.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"),
-                          default=[24, 32, 32], help="latent token grid after patchifying")
-    distance.add_argument("--k", type=int, nargs="+", default=[2, 4, 6, 8], help="sparse ratios")
-    distance.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
+def train(cfg: TrainDiTConfig, args: argparse.Namespace) -> None:
+    DiTTrainer(cfg).fit()
 
-    if args.command == "attention-distance":
-        rows = distance_table(tuple(args.shape), args.k)
-        if args.json:
-            print(json.dumps({"shape": args.shape, "rows": rows}, indent=2))
-        else:
-            t, h, w = args.shape
-            print(f"average attention distance on {t}x{h}x{w} = {t * h * w} tokens")
-            print(format_table(rows))
 
+def encode(cfg: EncodeConfig, args: argparse.Namespace) -> dict[str, Any]:
+    return run_encode(cfg)
+
+
+def encode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", help="curated output folder (config: shards)")
+    parser.add_argument("--out", help="latent shard folder (config: out)")
+    parser.add_argument("--address", help="Ray address, e.g. auto (config: ray.address); "
+                        "default: a local Ray")
+
+
+def attention_distance(cfg: None, args: argparse.Namespace) -> dict[str, Any] | str:
+    rows = distance_table(tuple(args.shape), args.k)
+    if args.json:
+        return {"shape": args.shape, "rows": rows}
+    t, h, w = args.shape
+    return f"average attention distance on {t}x{h}x{w} = {t * h * w} tokens\n{format_table(rows)}"
+
+
+def distance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"),
+                        default=[24, 32, 32], help="latent token grid after patchifying")
+    parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 6, 8], help="sparse ratios")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+COMMANDS = [
+    Command("train", "train the DiT in this process (several: deepspeed pipelines/train_dit.py)",
+            train, TrainDiTConfig),
+    Command("encode", "encode kept clips into latent shards (Ray job)", encode, EncodeConfig,
+            encode_arguments, {"shards": "shards", "out": "out", "address": "ray.address"}),
+    Command("attention-distance", "average attention distance of each attention mode",
+            attention_distance, arguments=distance_arguments),
+]
+
+main = console_main("soraplan-dit", __doc__, COMMANDS)
 
 if __name__ == "__main__":
     main()

@@ -44,8 +44,9 @@ class WFVAECodec:
         return self.vae.decode(z, chunk_latents=chunk).sample.clamp(-1, 1)
 
 
-def load_wfvae_codec(pretrained: str, config_key: str, device: str = "cpu") -> WFVAECodec:
+def load_wfvae_codec(pretrained: str, config_key: str, device: str | torch.device = "cpu",
+                     chunk_frames: int | None = None) -> WFVAECodec:
     """The WF-VAE saved at `pretrained` (local dir or HF id); errors name `config_key`."""
     from soraplan.model.vae.configs import load_pretrained
 
-    return WFVAECodec(load_pretrained(pretrained, config_key=config_key).to(device))
+    return WFVAECodec(load_pretrained(pretrained, config_key=config_key).to(device), chunk_frames)

@@ -1,4 +1,4 @@
-"""Latent shards: what `pipelines/encode_latents.py` writes and DiT training reads.
+"""Latent shards: what `soraplan-dit encode` writes and DiT training reads.
 
 <root>/latents/<clip_id>.safetensors  {"latent": (C, T, H, W), "text_states": (L, D)}
 <root>/index/*.parquet                 one row per sample: clip_id, file, caption, latent T/H/W
@@ -14,9 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
-from soraplan.core.schema import read_clip_table, write_table_atomic
+from soraplan.core.outputs import read_results, write_part
 from soraplan.model.dit.text import pad_text_states
 from torch import Tensor
+
+INDEX_DIR = "index"
 
 LATENT_INDEX_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string(), nullable=False),
@@ -44,9 +46,9 @@ def write_latent(root: str | os.PathLike[str], clip_id: str, caption: str, laten
     return dict(clip_id=clip_id, file=file, caption=caption, latent_t=t, latent_h=h, latent_w=w)
 
 
-def write_index(root: str | os.PathLike[str], rows: list[dict[str, object]], name: str) -> Path:
-    return write_table_atomic(pa.Table.from_pylist(rows, LATENT_INDEX_SCHEMA),
-                              Path(root) / "index" / f"{name}.parquet")
+def write_index(root: str | os.PathLike[str], rows: list[dict[str, object]]) -> Path:
+    """Add index rows as one atomically written part."""
+    return write_part(Path(root) / INDEX_DIR, rows, LATENT_INDEX_SCHEMA)
 
 
 def write_null_text(root: str | os.PathLike[str], text_states: Tensor) -> None:
@@ -58,11 +60,11 @@ class LatentDataset:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        table = read_clip_table(self.root / "index").sort_by("clip_id")
+        table = read_results(self.root / INDEX_DIR)
         if table.num_rows == 0:
-            raise FileNotFoundError(f"no latent index under {self.root / 'index'}; "
-                                    "run pipelines/encode_latents.py or set data.root")
-        self.rows = table.to_pylist()
+            raise FileNotFoundError(f"no latent index under {self.root / INDEX_DIR}; "
+                                    "run soraplan-dit encode or set data.root")
+        self.rows = table.sort_by("clip_id").to_pylist()
         self.bucket_of = [(r["latent_t"], r["latent_h"], r["latent_w"]) for r in self.rows]
         self.null_text = load_file(str(self.root / "null_text.safetensors"))["text_states"]
 
@@ -79,21 +81,3 @@ class LatentDataset:
         text_states, text_mask = pad_text_states([t.float() for t in texts])
         return {"latents": torch.stack(latents), "text_states": text_states,
                 "text_mask": text_mask}
-
-
-def write_synthetic_latents(root: str | os.PathLike[str], shapes: list[tuple[int, int, int]],
-                            per_shape: int, channels: int, text_dim: int, seed: int = 0) -> Path:
-    """Random latents and text states in the shard layout: for smoke runs, tests and benchmarks
-    without a trained VAE or text encoder."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for shape_index, (t, h, w) in enumerate(shapes):
-        for i in range(per_shape):
-            length = int(torch.randint(2, 9, (1,), generator=generator))
-            rows.append(write_latent(
-                root, f"synthetic-{shape_index}-{i:04d}", f"synthetic sample {i}",
-                torch.randn(channels, t, h, w, generator=generator),
-                torch.randn(length, text_dim, generator=generator)))
-    write_index(root, rows, "synthetic")
-    write_null_text(root, torch.zeros(1, text_dim))
-    return Path(root)

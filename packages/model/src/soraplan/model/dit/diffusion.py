@@ -8,21 +8,30 @@ Sampling: Euler-Ancestral with trailing timestep spacing and classifier-free gui
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
+from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # importing diffusers costs seconds; the config needs it only to build
+    from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 
 
 @dataclass
 class DiffusionConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    snr_gamma: float = 5.0
-    sample_steps: int = 50
-    guidance_scale: float = 7.5
+    num_train_timesteps: PositiveInt = 1000
+    beta_start: Annotated[float, Range(gt=0, lt=1)] = 1e-4
+    beta_end: Annotated[float, Range(gt=0, lt=1)] = 0.02
+    snr_gamma: PositiveFloat = 5.0  # Min-SNR-gamma loss weight
+    sample_steps: PositiveInt = 50
+    guidance_scale: NonNegativeFloat = 7.5
+
+    def validate(self) -> None:
+        if self.beta_start >= self.beta_end:
+            raise ConfigError(f"beta_start {self.beta_start} must be below beta_end "
+                              f"{self.beta_end}")
 
     def _schedule(self) -> dict[str, object]:
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
@@ -30,9 +39,13 @@ class DiffusionConfig:
                     prediction_type="v_prediction", timestep_spacing="trailing")
 
     def train_scheduler(self) -> DDPMScheduler:
+        from diffusers import DDPMScheduler
+
         return DDPMScheduler(**self._schedule())
 
     def sample_scheduler(self) -> EulerAncestralDiscreteScheduler:
+        from diffusers import EulerAncestralDiscreteScheduler
+
         return EulerAncestralDiscreteScheduler(**self._schedule())
 
 

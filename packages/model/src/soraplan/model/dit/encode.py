@@ -1,8 +1,16 @@
-"""Encode kept clips of curated shards into latent shards (VAE latents + text states).
+"""Encode kept clips of curated shards into latent shards (VAE latents + text states): the Ray
+batch job `soraplan-dit encode`, and `ClipDataset`, which encodes clips on the fly in training.
 
-`LatentEncoder` is the per-actor stage of `pipelines/encode_latents.py`: it loads the VAE and
-the text encoder once, then turns batches of clip rows into saved samples and index rows. A
-clip that cannot be decoded is reported in the returned rows, never dropped silently.
+The job's output folder (see `soraplan.model.dit.data` for the shard layout):
+
+    <out>/run.yaml              the effective config of the last run
+    <out>/latents/, null_text.safetensors, index/*.parquet   the latent shards
+    <out>/errors/*.parquet      clips that could not be encoded (clip_id, error)
+    <out>/summary.json          counts of the last run
+
+One actor holds the WF-VAE and the text encoder, and decodes each clip itself so it is read
+once. Results stream back to the driver, which writes them as atomic parts as they come. A
+rerun skips clips already in the index and retries those that failed.
 """
 
 from __future__ import annotations
@@ -12,28 +20,52 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
+from soraplan.core.config import ConfigError, PositiveInt
+from soraplan.core.outputs import (
+    done_ids,
+    move_partial_files,
+    prepare_output_dir,
+    write_json_atomic,
+    write_part,
+)
+from soraplan.core.progress import Progress
+from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import STATUS_KEPT, read_clip_table
 from soraplan.core.video import VideoDecodeError, sample_frames
 from soraplan.model.dit.buckets import BucketConfig, ClipPlan, latent_shape, plan_clip
 from soraplan.model.dit.codec import LatentCodec, load_wfvae_codec
-from soraplan.model.dit.data import write_latent, write_null_text
+from soraplan.model.dit.data import (
+    INDEX_DIR,
+    LATENT_INDEX_SCHEMA,
+    write_index,
+    write_latent,
+    write_null_text,
+)
 from soraplan.model.dit.text import TextEmbeddingCache, TextEncoder, TextEncoderConfig
+
+ERRORS_DIR = "errors"
+RESULT_SCHEMA = LATENT_INDEX_SCHEMA.append(pa.field("error", pa.string()))
+ERROR_SCHEMA = pa.schema([pa.field("clip_id", pa.string()), pa.field("error", pa.string())])
 
 
 @dataclass
 class EncodeConfig:
-    shards: str = "data/curated"  # curated clip shards (<shards>/clips/*.parquet)
+    shards: str | None = None  # curated output folder (<shards>/clips/*.parquet)
     out: str = "data/latents"
-    vae: str = "checkpoints/wfvae"  # WF-VAE directory written by save_pretrained, or HF id
-    vae_chunk_frames: int | None = 16  # encode this many frames at a time (bounds memory)
+    vae: str | None = None  # WF-VAE directory written by save_pretrained, or HF id
+    vae_chunk_frames: PositiveInt | None = 16  # encode this many frames at a time (bounds memory)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     buckets: BucketConfig = field(default_factory=BucketConfig)
     caption_column: str = "caption"  # e.g. refined_caption after the captioner jobs
-    batch_size: int = 4
-    device: str = "cpu"
-    ray_address: str | None = None  # None: a local Ray; "auto": the cluster this job runs on
+    device: str = "cpu"  # of the encoding actor: cpu, cuda
+    part_rows: PositiveInt = 64  # results per index part written by the driver
+    # Where Ray runs; concurrency = encoding actors, batch_size = clips per actor call,
+    # num_cpus / num_gpus per actor (defaults: 1 CPU, and 1 GPU when device is cuda).
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def plan_for_row(row: dict[str, Any], cfg: BucketConfig) -> ClipPlan | None:
@@ -79,7 +111,7 @@ class LatentEncoder:
                  text_encoder: TextEncoder | None = None) -> None:
         self.cfg = cfg
         # Both load (and fail) before any clip is touched.
-        self.codec = codec or load_wfvae_codec(cfg.vae, "vae", cfg.device)
+        self.codec = codec or load_wfvae_codec(cfg.vae, "vae", cfg.device, cfg.vae_chunk_frames)
         self.text_encoder = text_encoder or cfg.text_encoder.build(cfg.device)
         null_states, null_mask = self.text_encoder.encode([""])
         write_null_text(cfg.out, null_states[0][null_mask[0]])
@@ -138,3 +170,71 @@ class ClipDataset:
         text_states, text_mask = self.text_cache.get(captions)
         return {"latents": torch.stack(latents).cpu(), "text_states": text_states,
                 "text_mask": text_mask}
+
+
+class RayLatentEncoder:
+    """The Ray actor around `LatentEncoder`: a table of clip rows in, result rows out."""
+
+    def __init__(self, cfg: EncodeConfig) -> None:
+        self.encode = LatentEncoder(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist(self.encode(batch.to_pylist()), RESULT_SCHEMA)
+
+
+def check_models(cfg: EncodeConfig) -> None:
+    """Fail on a missing VAE or text encoder before Ray starts: read only their configs."""
+    from transformers import AutoConfig
+
+    from soraplan.model.vae.modeling_wfvae import WFVAEModel
+
+    checks = (("vae", cfg.vae, WFVAEModel.load_config),
+              ("text_encoder.path", cfg.text_encoder.path, AutoConfig.from_pretrained))
+    for key, path, load in checks:
+        try:
+            load(path)
+        except OSError as exc:
+            raise FileNotFoundError(f"{key}: no model at {path!r} ({exc}); set {key} to a "
+                                    "save_pretrained directory") from None
+
+
+def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
+    """Encode the kept clips of `cfg.shards` not yet in `cfg.out`; returns the run's counts."""
+    missing = [key for key in ("shards", "vae") if not getattr(cfg, key)]
+    if missing:
+        raise ConfigError(f"set {' and '.join(missing)} (curated clips and a WF-VAE directory)")
+    clips = read_clip_table(cfg.shards, status=STATUS_KEPT)
+    if clips.num_rows == 0:
+        raise ConfigError(f"no kept clips in {cfg.shards}; set shards to a curated output folder")
+    check_models(cfg)
+    out = prepare_output_dir(cfg.out, cfg)
+    for folder in (INDEX_DIR, ERRORS_DIR):
+        move_partial_files(out / folder, out)
+    done = done_ids(out / INDEX_DIR, "clip_id")
+    is_done = pc.is_in(clips["clip_id"], pa.array(sorted(done), pa.string()))
+    pending = clips.filter(pc.invert(is_done))
+    encoded = errors = 0
+    if pending.num_rows:
+        ray = cfg.ray.init()
+        gpu = cfg.device.startswith("cuda")
+        results = ray.data.from_arrow(pending).map_batches(
+            RayLatentEncoder, fn_constructor_args=(cfg,), batch_size=cfg.ray.batch_size,
+            batch_format="pyarrow", concurrency=cfg.ray.concurrency,
+            num_cpus=cfg.ray.num_cpus or 1,
+            num_gpus=cfg.ray.num_gpus if cfg.ray.num_gpus is not None else float(gpu))
+        with Progress(pending.num_rows, "encode", "clip") as progress:
+            for batch in results.iter_batches(batch_size=cfg.part_rows, batch_format="pyarrow"):
+                failed = pc.is_valid(batch["error"])
+                good = batch.filter(pc.invert(failed)).drop_columns(["error"]).to_pylist()
+                bad = batch.filter(failed).select(ERROR_SCHEMA.names).to_pylist()
+                if good:
+                    write_index(out, good)
+                if bad:
+                    write_part(out / ERRORS_DIR, bad, ERROR_SCHEMA)
+                encoded, errors = encoded + len(good), errors + len(bad)
+                progress.update(batch.num_rows, errors=errors)
+    summary = {"kept_clips": clips.num_rows, "already_encoded": clips.num_rows - pending.num_rows,
+               "encoded": encoded, "errors": errors,
+               "encoded_total": len(done_ids(out / INDEX_DIR, "clip_id")), "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from soraplan.core.config import PositiveInt
 from torch import Tensor
 
 
 @dataclass
 class TextEncoderConfig:
     path: str = "google/mt5-xxl"  # HF id or local directory with the tokenizer and the encoder
-    max_length: int = 512
+    max_length: PositiveInt = 512  # tokens; longer prompts are truncated
 
     def build(self, device: str | torch.device = "cpu") -> "TextEncoder":
         return TextEncoder(self.path, self.max_length, device)
@@ -93,29 +94,3 @@ class TextEmbeddingCache:
             raise KeyError(f"{len(missing)} prompt(s) not in the text cache {self.root}, "
                            f"e.g. {missing[0]!r}")
         return pad_text_states([load_file(str(self._file(p)))["states"] for p in prompts])
-
-
-def save_tiny_t5(path: str | os.PathLike[str], d_model: int = 32, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer T5 encoder with a character tokenizer, saved at `path`:
-    a stand-in for mT5 in tests and smoke runs, loaded back through `TextEncoder`."""
-    import string
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials + list(string.printable[:95]))}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
-                                   eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=2 * d_model,
-                      num_layers=2, num_heads=4, pad_token_id=0, eos_token_id=1,
-                      decoder_start_token_id=0)
-    path = Path(path)
-    T5EncoderModel(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path

@@ -1,9 +1,10 @@
-"""`soraplan-vae`: WF-VAE command line.
+"""`soraplan-vae`: train WF-VAE and reconstruct videos with it.
 
-    soraplan-vae reconstruct in.mp4 out.mp4 --model.pretrained runs/vae/checkpoints/<tag>/vae_ema
+    soraplan-vae reconstruct in.mp4 out.mp4 --model.pretrained runs/vae_tiny/checkpoints/step_00000400/ema
     soraplan-vae reconstruct in.mp4 out.mp4 --model.name wfvae-tiny   # random weights (smoke test)
-    soraplan-vae train --config pipelines/configs/vae_tiny.yaml max_steps=100   # one process
+    soraplan-vae train --config pipelines/configs/vae_tiny.yaml data.video_dirs=[DIR] steps=100
 
+`train` runs in this process; several processes: `deepspeed pipelines/train_vae.py ...`.
 Reconstruction encodes and decodes in time chunks (exact, bounded memory) and prints the
 PSNR/SSIM of the result as JSON.
 """
@@ -11,29 +12,38 @@ PSNR/SSIM of the result as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from soraplan.core.config import load_config
-from soraplan.core.video import fit_short_side, iter_frames, probe, write_video
+from soraplan.core.cli import Command, console_main
+from soraplan.core.config import ConfigError, PositiveInt
+from soraplan.core.inputs import VIDEO_SUFFIXES
+from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe, write_video
 from soraplan.model.vae.configs import WFVAEConfig
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
+from soraplan.model.vae.train import TrainVAEConfig, VAETrainer
 
 
 @dataclass
 class ReconstructConfig:
+    input: str | None = None  # video to reconstruct (first positional argument)
+    output: str | None = None  # mp4 to write (second positional argument)
     model: WFVAEConfig = field(default_factory=WFVAEConfig)
-    short_side: int | None = 256  # frames are scaled to this short side (and to a multiple of 8)
-    max_frames: int | None = 65  # read at most this many frames (cut to 1 + 4n)
-    chunk_frames: int = 16
-    chunk_latents: int = 4
-    dtype: str = "float32"
+    short_side: PositiveInt | None = 256  # frames scaled to this short side (and multiples of 8)
+    max_frames: PositiveInt | None = 65  # read at most this many frames (cut to 1 + 4n)
+    chunk_frames: PositiveInt = 16
+    chunk_latents: PositiveInt = 4
+    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+
+    def validate(self) -> None:
+        if self.short_side is not None and self.short_side < 8:
+            raise ConfigError(f"short_side must be at least 8 (the VAE's spatial compression), "
+                              f"got {self.short_side}")
 
 
 def load_video(
@@ -49,7 +59,7 @@ def load_video(
         if max_frames is not None and len(frames) >= max_frames:
             break
     if not frames:
-        raise ValueError(f"no frames decoded from {path}")
+        raise VideoDecodeError(f"no frames decoded from {path}")
     keep = 1 + (len(frames) - 1) // 4 * 4
     return np.stack(frames[:keep]), info.fps
 
@@ -65,11 +75,23 @@ def reconstruct_frames(
     return ((y[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
 
 
-def reconstruct(cfg: ReconstructConfig, src: str, dst: str) -> dict[str, float]:
+def reconstruct(cfg: ReconstructConfig) -> dict[str, float]:
+    if not cfg.input or not cfg.output:
+        raise ConfigError("name the input video and the output file: "
+                          "soraplan-vae reconstruct IN OUT")
     vae = cfg.model.build().to(getattr(torch, cfg.dtype)).eval()  # fails fast on missing weights
-    frames, fps = load_video(src, cfg.short_side, cfg.max_frames)
+    if not Path(cfg.input).is_file():
+        raise FileNotFoundError(f"input video not found: {cfg.input}")
+    # FFmpeg reads text files as video (its tty demuxer), so the suffix decides first.
+    if Path(cfg.input).suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"input {cfg.input} is not a video file (video suffixes: "
+                          f"{' '.join(sorted(VIDEO_SUFFIXES))})")
+    try:
+        frames, fps = load_video(cfg.input, cfg.short_side, cfg.max_frames)
+    except VideoDecodeError as exc:
+        raise ConfigError(f"input: {exc}") from None
     recon = reconstruct_frames(vae, frames, cfg.chunk_frames, cfg.chunk_latents)
-    write_video(dst, recon, fps)
+    write_video(cfg.output, recon, fps)
     return {
         "frames": len(frames),
         "psnr": psnr_uint8(frames, recon),
@@ -77,46 +99,29 @@ def reconstruct(cfg: ReconstructConfig, src: str, dst: str) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="soraplan-vae",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    rec = sub.add_parser("reconstruct", help="encode and decode a video")
-    rec.add_argument("input")
-    rec.add_argument("output")
-    rec.add_argument("--config", help="YAML with ReconstructConfig fields")
-    rec.add_argument("--model.pretrained", dest="pretrained")
-    rec.add_argument("--model.name", dest="name")
-    rec.add_argument("overrides", nargs="*", help="key.path=value")
-    train = sub.add_parser(
-        "train", help="train in this process (multi-process: pipelines/train_vae.py)"
-    )
-    train.add_argument("--config")
-    train.add_argument("overrides", nargs="*")
-    # key=value overrides may come before or after the options, which argparse cannot interleave.
-    args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", nargs="?", help="video to reconstruct")
+    parser.add_argument("output", nargs="?", help="mp4 to write")
+    parser.add_argument("--model.pretrained", dest="pretrained", help="save_pretrained directory, "
+                        "e.g. a checkpoint's ema/ (config: model.pretrained)")
+    parser.add_argument("--model.name", dest="name",
+                        help="named config with random weights (config: model.name)")
 
-    if args.command == "train":
-        from soraplan.model.vae.train import Trainer, TrainVAEConfig
 
-        Trainer(load_config(TrainVAEConfig, args.config, args.overrides)).fit()
-        return
-    overrides = list(args.overrides)
-    if args.pretrained:
-        overrides.append(f"model.pretrained={args.pretrained}")
-    if args.name:
-        overrides.append(f"model.name={args.name}")
-    cfg = load_config(ReconstructConfig, args.config, overrides)
-    print(json.dumps(reconstruct(cfg, args.input, args.output)))
+def train(cfg: TrainVAEConfig, args: argparse.Namespace) -> None:
+    VAETrainer(cfg).fit()
 
+
+COMMANDS = [
+    Command("train", "train WF-VAE in this process (several: deepspeed pipelines/train_vae.py)",
+            train, TrainVAEConfig),
+    Command("reconstruct", "encode and decode a video; prints PSNR and SSIM",
+            lambda cfg, args: reconstruct(cfg), ReconstructConfig, reconstruct_arguments,
+            {"input": "input", "output": "output", "pretrained": "model.pretrained",
+             "name": "model.name"}),
+]
+
+main = console_main("soraplan-vae", __doc__, COMMANDS)
 
 if __name__ == "__main__":
     main()

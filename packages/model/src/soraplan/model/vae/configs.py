@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from soraplan.core.config import ConfigError
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
 
 WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
@@ -43,13 +44,20 @@ class WFVAEConfig:
     pretrained: str | None = None  # local dir or HF hub id saved with save_pretrained
     overrides: dict[str, Any] = field(default_factory=dict)  # model kwargs on top of the name
 
+    def validate(self) -> None:
+        if not (self.pretrained or self.config_file) and self.name not in WFVAE_CONFIGS:
+            raise ConfigError(f"name: unknown WF-VAE config {self.name!r}; "
+                              f"known: {sorted(WFVAE_CONFIGS)}")
+
     def build(self) -> WFVAEModel:
+        self.validate()  # also for configs made in code
         if self.pretrained:
             return load_pretrained(self.pretrained)
         if self.config_file:
+            if not Path(self.config_file).is_file():
+                raise FileNotFoundError(f"WF-VAE config file not found: {self.config_file!r} "
+                                        "(model.config_file)")
             return WFVAEModel.from_config(WFVAEModel.load_config(self.config_file))
-        if self.name not in WFVAE_CONFIGS:
-            raise KeyError(f"unknown WF-VAE config {self.name!r}; known: {sorted(WFVAE_CONFIGS)}")
         return WFVAEModel(**{**WFVAE_CONFIGS[self.name], **self.overrides})
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
 from soraplan.core.inputs import IMAGE_SUFFIXES, find_media
 from soraplan.core.schema import STATUS_KEPT, read_clip_table
 from soraplan.core.video import VideoDecodeError, probe, sample_frames
@@ -27,21 +28,29 @@ MAX_ATTEMPTS = 8  # unreadable sources are skipped, drawing another one
 
 @dataclass
 class VAEDataConfig:
-    shard_dirs: list[str] = field(
-        default_factory=list
-    )  # curated shard dirs (<dir>/clips/*.parquet)
+    # Curated output folders (<dir>/clips/*.parquet): their kept clips, inside their crop box.
+    shard_dirs: list[str] = field(default_factory=list)
     video_dirs: list[str] = field(default_factory=list)  # folders of videos, each used whole
     image_dirs: list[str] = field(default_factory=list)
-    image_fraction: float = 0.0  # share of steps whose batch is images (T = 1)
-    num_frames: int = 17  # 1 + 4n
-    crop_size: int = 64
-    short_side: int = 80  # frames are scaled so the (cropped) short side is this, then cropped
-    fps: float | None = 8.0  # frame rate frames are sampled at; None: the clip's own
-    batch_size: int = 1  # per process
-    seed: int = 0
+    image_fraction: UnitFloat = 0.0  # share of steps whose batch is images (T = 1)
+    num_frames: PositiveInt = 17  # 1 + 4n
+    crop_size: PositiveInt = 64  # a multiple of 8 (the VAE's spatial compression)
+    short_side: PositiveInt = 80  # frames scaled so the (cropped) short side is this, then cropped
+    fps: PositiveFloat | None = 8.0  # frame rate frames are sampled at; None: the clip's own
+    batch_size: PositiveInt = 1  # per process
 
-    def build(self) -> VideoCropSampler:
-        return VideoCropSampler(self)
+    def validate(self) -> None:
+        if (self.num_frames - 1) % 4:
+            raise ConfigError(f"num_frames must be 1 + 4n, got {self.num_frames}")
+        if self.crop_size % 8:
+            raise ConfigError(f"crop_size must be a multiple of 8, got {self.crop_size}")
+        if self.short_side < self.crop_size:
+            raise ConfigError(f"short_side {self.short_side} must be >= crop_size {self.crop_size}")
+
+    def build(self, seed: int = 0) -> VideoCropSampler:
+        """The sampler of this data; `seed` (the run's) fixes every batch."""
+        self.validate()  # also for configs made in code
+        return VideoCropSampler(self, seed)
 
 
 @dataclass(frozen=True)
@@ -103,28 +112,30 @@ def random_crop(
 
 
 class VideoCropSampler:
-    def __init__(self, cfg: VAEDataConfig) -> None:
-        if (cfg.num_frames - 1) % 4:
-            raise ValueError(f"data.num_frames must be 1 + 4n, got {cfg.num_frames}")
-        if cfg.short_side < cfg.crop_size:
-            raise ValueError("data.short_side must be >= data.crop_size")
-        self.cfg = cfg
+    def __init__(self, cfg: VAEDataConfig, seed: int = 0) -> None:
+        if not (cfg.shard_dirs or cfg.video_dirs or cfg.image_dirs):
+            raise ConfigError("no training data: set data.shard_dirs, data.video_dirs or "
+                              "data.image_dirs")
+        for key in ("shard_dirs", "video_dirs", "image_dirs"):
+            for folder in getattr(cfg, key):
+                if not Path(folder).is_dir():
+                    raise FileNotFoundError(f"data.{key}: no folder {folder}")
+        self.cfg, self.seed = cfg, seed
         self.clips = [c for d in cfg.shard_dirs for c in clips_from_shards(d)]
         self.clips += [c for d in cfg.video_dirs for c in clips_from_folder(d)]
         self.images = [str(p) for d in cfg.image_dirs for p in find_media(d, IMAGE_SUFFIXES)]
         if not self.clips and not self.images:
-            raise ValueError(
-                "no training data: set data.shard_dirs, data.video_dirs or data.image_dirs"
-            )
+            raise ConfigError("no training data: the folders in data.shard_dirs, data.video_dirs "
+                              "and data.image_dirs hold no kept clips, videos or images")
 
     def batch(self, step: int, rank: int = 0) -> torch.Tensor:
         """(batch_size, 3, T, crop, crop) float in [-1, 1]; T = 1 on image steps."""
         cfg = self.cfg
         use_images = bool(self.images) and (
-            not self.clips or np.random.default_rng([cfg.seed, step]).random() < cfg.image_fraction
+            not self.clips or np.random.default_rng([self.seed, step]).random() < cfg.image_fraction
         )
         items = [
-            self._sample(np.random.default_rng([cfg.seed, step, rank, j]), use_images)
+            self._sample(np.random.default_rng([self.seed, step, rank, j]), use_images)
             for j in range(cfg.batch_size)
         ]
         frames = torch.from_numpy(np.stack(items))  # B, T, H, W, 3 uint8

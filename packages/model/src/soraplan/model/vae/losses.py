@@ -11,11 +11,13 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soraplan.core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from soraplan.model.vae.modeling_wfvae import Decoder, WFVAEOutput
 
 log = logging.getLogger(__name__)
@@ -23,19 +25,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VAELossConfig:
-    l1_weight: float = 1.0
-    lpips_weight: float = 1.0
-    lpips_net: str = "vgg"  # "vgg" or "alex"
+    l1_weight: NonNegativeFloat = 1.0
+    lpips_weight: NonNegativeFloat = 1.0
+    lpips_net: Literal["vgg", "alex"] = "vgg"
     # torchvision state dict (.pth / .safetensors) of the LPIPS backbone (vgg16 or alexnet);
     # unset or missing -> LPIPS is off with a warning (torchvision would download it).
     lpips_backbone_weights: str | None = None
-    kl_weight: float = 1e-6
-    wavelet_weight: float = 0.1
-    disc_weight: float = 0.5
-    disc_start_step: int = 2000
-    disc_channels: int = 64
-    disc_layers: int = 3
-    adaptive_weight_max: float = 1e4
+    kl_weight: NonNegativeFloat = 1e-6
+    wavelet_weight: NonNegativeFloat = 0.1
+    disc_weight: NonNegativeFloat = 0.5
+    disc_start_step: NonNegativeInt = 2000  # optimizer step from which the GAN terms are on
+    disc_channels: PositiveInt = 64
+    disc_layers: PositiveInt = 3
+    adaptive_weight_max: PositiveFloat = 1e4
 
 
 class PatchDiscriminator3D(nn.Module):
@@ -72,8 +74,9 @@ def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tenso
 
 
 def load_lpips(net: str, backbone_weights: str | None) -> nn.Module | None:
-    """LPIPS with its calibrated linear heads (shipped in the `lpips` wheel) on a backbone loaded
-    from `backbone_weights`; None, with a warning, when those weights are not available."""
+    """LPIPS with its calibrated linear heads (shipped in the `lpips` wheel, the `lpips` extra of
+    soraplan-model) on a backbone loaded from `backbone_weights`; None, with a warning, when those
+    weights are not available."""
     if not backbone_weights or not Path(backbone_weights).is_file():
         warnings.warn(
             f"LPIPS is off: no {net} backbone weights at {backbone_weights!r} (set "
@@ -81,7 +84,13 @@ def load_lpips(net: str, backbone_weights: str | None) -> nn.Module | None:
             stacklevel=2,
         )
         return None
-    import lpips  # deferred: importing lpips takes ~15 s
+    try:
+        import lpips  # deferred: importing lpips takes ~15 s
+    except ImportError:
+        raise ImportError(
+            "LPIPS needs the lpips package: install the lpips extra of soraplan-model "
+            "(pip install 'soraplan-model[lpips]'), or set loss.lpips_weight=0"
+        ) from None
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if backbone_weights.endswith(".safetensors"):

@@ -6,8 +6,6 @@ with adaLN-single timestep modulation (PixArt-alpha) -> unpatchify to (B, C, T, 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
@@ -23,15 +21,6 @@ from soraplan.model.dit.attention import (
     rope_3d,
 )
 from torch import Tensor, nn
-
-# Named configs, the one registry of DiT sizes. Parameter counts: `python bench/param_counts.py`.
-DIT_CONFIGS: dict[str, dict[str, Any]] = {
-    # Open-Sora-Plan v1.3 "2.7B": 32 layers, 24 heads x 96, mT5-XXL text states (4096), k=4.
-    "skiparse-2.7b": dict(num_layers=32, num_heads=24, head_dim=96, text_dim=4096, sparse_k=4),
-    "skiparse-small": dict(num_layers=12, num_heads=12, head_dim=64, text_dim=4096, sparse_k=4),
-    "tiny": dict(in_channels=4, num_layers=4, num_heads=2, head_dim=16, text_dim=32, sparse_k=2,
-                 full_layers=[0, -1]),
-}
 
 
 class DiTBlock(nn.Module):
@@ -97,12 +86,6 @@ class SkiparseDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)  # start as a zero predictor, as in DiT
         nn.init.zeros_(self.proj_out.bias)
         self.gradient_checkpointing = False
-
-    @classmethod
-    def from_named_config(cls, name: str, **overrides: Any) -> "SkiparseDiT":
-        if name not in DIT_CONFIGS:
-            raise KeyError(f"unknown DiT config {name!r}; known: {sorted(DIT_CONFIGS)}")
-        return cls(**{**DIT_CONFIGS[name], **overrides})
 
     def token_grid(self, latent_shape: tuple[int, int, int]) -> Grid:
         t, h, w = latent_shape

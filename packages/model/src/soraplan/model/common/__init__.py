@@ -1,1 +1,0 @@
-"""Training utilities shared by the VAE and DiT trainers: EMA, atomic checkpoints, process setup."""
