@@ -81,3 +81,11 @@ def test_gif_bytes_is_an_animated_gif():
         frames[i, :, i * 4 : i * 4 + 4] = (255, 0, 0)
     image = Image.open(io.BytesIO(gif_bytes(frames, 8.0)))
     assert image.format == "GIF" and image.size == (24, 16) and image.n_frames == 5
+
+
+def test_text_files_are_not_video(tmp_path):
+    # FFmpeg's tty demuxer would decode a .txt file as ANSI-art video frames.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n" * 500)
+    with pytest.raises(VideoDecodeError, match="a text file, not a video"):
+        probe(notes)

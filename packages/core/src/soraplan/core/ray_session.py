@@ -38,6 +38,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, attempts: 
     # this interpreter and venv instead of Ray's `uv run` hook rebuilding a venv per job.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Under `ray job submit` the driver is told its cluster through RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         # A local instance needs no token; a cluster keeps whatever auth mode it was started with.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -57,6 +57,9 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         container = av.open(str(p), metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"not a readable media file ({exc.__class__.__name__}: {exc}): {p}")
+    if container.format.name == "tty":  # FFmpeg renders text files (e.g. .txt) as ANSI-art video
+        container.close()
+        raise VideoDecodeError(f"a text file, not a video: {p}")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()

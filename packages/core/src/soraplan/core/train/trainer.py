@@ -54,6 +54,7 @@ class Trainer:
     # False keeps frozen weights (a LoRA's base model) out of checkpoints: they come from the
     # base model on load.
     save_frozen = True
+    progress_keys: tuple[str, ...] = ("loss", "lr")  # the stats progress lines show (all are logged)
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
@@ -159,7 +160,7 @@ class Trainer:
             self.step += 1
             history.append({"step": self.step, **stats})
             self.log_scalars(stats)
-            progress.update(1, **stats)
+            progress.update(1, **{k: v for k, v in stats.items() if k in self.progress_keys})
             self.after_step(stats)
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
@@ -168,7 +169,7 @@ class Trainer:
             self.save()
         progress.close()
         if self.writer is not None:
-            self.writer.flush()
+            self.writer.close()
         return history
 
     def save(self) -> Path:

@@ -21,7 +21,6 @@ import torch
 
 from soraplan.core.cli import Command, console_main
 from soraplan.core.config import ConfigError, PositiveInt
-from soraplan.core.inputs import VIDEO_SUFFIXES
 from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe, write_video
 from soraplan.model.vae.configs import WFVAEConfig
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
@@ -82,10 +81,6 @@ def reconstruct(cfg: ReconstructConfig) -> dict[str, float]:
     vae = cfg.model.build().to(getattr(torch, cfg.dtype)).eval()  # fails fast on missing weights
     if not Path(cfg.input).is_file():
         raise FileNotFoundError(f"input video not found: {cfg.input}")
-    # FFmpeg reads text files as video (its tty demuxer), so the suffix decides first.
-    if Path(cfg.input).suffix.lower() not in VIDEO_SUFFIXES:
-        raise ConfigError(f"input {cfg.input} is not a video file (video suffixes: "
-                          f"{' '.join(sorted(VIDEO_SUFFIXES))})")
     try:
         frames, fps = load_video(cfg.input, cfg.short_side, cfg.max_frames)
     except VideoDecodeError as exc:

@@ -65,6 +65,7 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
 
 class VAETrainer(Trainer):
     name = "vae"
+    progress_keys = ("loss", "psnr", "d_loss")
     cfg: TrainVAEConfig
 
     def build(self) -> None:
