@@ -135,6 +135,10 @@ def test_outlier_rule_and_merging():
     values = np.array([1.0, 1.1, 0.9, 1.0, 9.0, 1.05, 0.95])
     assert robust_outliers(values, z=8, min_ratio=3).tolist() == [4]
     assert robust_outliers(np.ones(10), z=8, min_ratio=3).tolist() == []
+    # A tiny change in a near-still sequence is a large multiple of its median, but no cut.
+    still = np.array([0.011, 0.003, 0.003, 0.003, 0.0031])
+    assert robust_outliers(still, z=8, min_ratio=3).tolist() == [0]
+    assert robust_outliers(still, z=8, min_ratio=3, floor=0.03).tolist() == []
     assert merge_cuts([1.0, 5.0], [1.1, 3.0, 3.2], merge_s=0.25, min_gap_s=0.5) == [1.0, 3.0, 5.0]
     assert split_segments(0.0, 6.0, [1.0, 5.0, 7.0]) == [(0.0, 1.0), (1.0, 5.0), (5.0, 6.0)]
 
@@ -159,3 +163,21 @@ def test_text_judgement_rules():
     assert crop_box(np.array([[0.0, 0, 640, 60]]), 640, 360, cfg) == (0, 640, 60, 360)
     assert crop_box(np.array([[0.0, 0, 640, 100]]), 640, 360, cfg) == (0, 640, 0, 360)
     assert crop_box(corner, 640, 360, cfg) == (0, 640, 0, 330)
+
+
+def test_low_resolution_toy_shots_keep_their_spans_and_subtitles_are_found(analyzer, tmp_path):
+    """64x64 shots of a small shape on black: no jump cut inside a shot (the first sampled pair
+    differs slightly after the encoder's scene-cut keyframe), and a two-line subtitle, whose
+    detector boxes are ~11-14 px tall (over 15% of 64 px), is still a subtitle."""
+    from soraplan.core.testing.toyworld import FPS, SHOT_FRAMES, random_shot
+
+    rng = np.random.default_rng(0)
+    shots = [random_shot(rng, "a red circle moving left"), random_shot(rng, "a blue square moving up"),
+             random_shot(rng, "a green square moving right", subtitled=True),
+             random_shot(rng, "a yellow circle moving down")]
+    path = write_video(tmp_path / "toy.mp4", np.concatenate([s.frames() for s in shots]), FPS)
+    span = SHOT_FRAMES / FPS
+    for i, shot in enumerate(shots):
+        (row,) = analyze(analyzer, path, start_s=i * span, end_s=(i + 1) * span)
+        assert row["cut_times_s"] == [], (i, row["cut_times_s"])
+        assert row["reject_reasons"] == (["subtitles"] if shot.subtitles else []), (i, row)

@@ -93,8 +93,8 @@ class SceneCutDetector(SplitStage):
         cfg = self.cfg
         jump_positions = []
         if cfg.jump_cuts:
-            sampled, distances = clip.signal(CUT_DISTANCES)
-            for k in robust_outliers(distances, cfg.jump_z, cfg.jump_min_ratio):
+            sampled, distances, floor = clip.signal(CUT_DISTANCES)
+            for k in robust_outliers(distances, cfg.jump_z, cfg.jump_min_ratio, floor):
                 lo, hi = sampled[k] + 1, sampled[k + 1]
                 jump_positions.append(lo + int(np.argmax(self.change[lo : hi + 1])))
         return merge_cuts([clip.times[p] for p in self.positions], [clip.times[p] for p in jump_positions],
@@ -104,8 +104,9 @@ class SceneCutDetector(SplitStage):
         return {}, [REASON_TOO_SHORT] if segment.duration_s < self.cfg.min_seconds else []
 
 
-def robust_outliers(values: np.ndarray, z: float, min_ratio: float) -> np.ndarray:
-    """Indices whose robust z-score (median / MAD) exceeds `z` and value exceeds min_ratio*median."""
+def robust_outliers(values: np.ndarray, z: float, min_ratio: float, floor: float = 0.0) -> np.ndarray:
+    """Indices whose robust z-score (median / MAD) exceeds `z` and whose value exceeds both
+    min_ratio * median and the absolute `floor`."""
     values = np.asarray(values, dtype=np.float64)
     if values.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -114,7 +115,7 @@ def robust_outliers(values: np.ndarray, z: float, min_ratio: float) -> np.ndarra
     # A floor on the spread keeps near-constant sequences (static shots) from flagging noise.
     spread = max(mad, 0.05 * median, 1e-6)
     robust_z = (values - median) / spread
-    return np.flatnonzero((robust_z > z) & (values > min_ratio * median))
+    return np.flatnonzero((robust_z > z) & (values > min_ratio * median) & (values >= floor))
 
 
 def merge_cuts(detected: list[float], jump: list[float], merge_s: float, min_gap_s: float) -> list[float]:

@@ -34,6 +34,9 @@ class OcrConfig(StageConfig):
     subtitle_band: UnitFloat = 0.65  # a subtitle box's centre lies below this fraction of the height
     center_tolerance: UnitFloat = 0.12  # burned-in lines are centred within this fraction of the width
     max_box_height: UnitFloat = 0.15  # taller boxes are scene text or titles, not subtitle lines
+    # ... but never below this many pixels: the detector's boxes are at least ~10 px tall however
+    # small the frame, so at low resolution a relative limit alone would refuse every line.
+    max_box_height_floor_px: PositiveInt = 16
     overlay_min_width: UnitFloat = 0.4  # a caption overlay line is at least this fraction of the width
     overlay_min_iou: UnitFloat = 0.5  # ... and overlaps itself this much from sample to sample
     min_fraction: UnitFloat = 0.34  # burned-in text must appear in this share of samples (and in 2)
@@ -173,7 +176,7 @@ def _recurring_overlay_hits(per_frame: list[np.ndarray], width: int, height: int
             return b
         wide = (b[:, 2] - b[:, 0]) >= cfg.overlay_min_width * width
         centred = np.abs((b[:, 0] + b[:, 2]) / 2 - width / 2) <= cfg.center_tolerance * width
-        return b[wide & centred & ((b[:, 3] - b[:, 1]) <= cfg.max_box_height * height)]
+        return b[wide & centred & ((b[:, 3] - b[:, 1]) <= line_height_limit(height, cfg))]
 
     lines = [overlay_lines(b) for b in per_frame]
     best = 0
@@ -200,8 +203,13 @@ def _subtitle_lines(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) 
     return (
         (cy >= cfg.subtitle_band * height)
         & (np.abs(cx - width / 2) <= cfg.center_tolerance * width)
-        & (box_h <= cfg.max_box_height * height)
+        & (box_h <= line_height_limit(height, cfg))
     )
+
+
+def line_height_limit(height: int, cfg: OcrConfig) -> float:
+    """The tallest box a burned-in text line may have, in pixels of a frame `height` tall."""
+    return max(cfg.max_box_height * height, cfg.max_box_height_floor_px)
 
 
 def crop_box(boxes: np.ndarray, width: int, height: int, cfg: OcrConfig) -> tuple[int, int, int, int]:
