@@ -3,7 +3,9 @@ import torch
 from soraplan.core.video import probe
 from soraplan.core.train.checkpoint import atomic_write_text
 from soraplan.model.dit.configs import DiTModelConfig
-from soraplan.model.sample import main, resolve_model_dir
+from soraplan.core.outputs import read_sample_index
+from soraplan.core.train.checkpoint import resolve_pretrained
+from soraplan.model.sample import main
 from soraplan.model.testing import save_tiny_t5
 from soraplan.model.vae.configs import WFVAEConfig
 
@@ -22,12 +24,14 @@ def assets(tmp_path_factory):
     return root
 
 
-def test_resolve_model_dir_finds_latest_ema(assets):
+def test_a_run_resolves_to_its_latest_ema(assets, capsys):
     expected = assets / "run" / "checkpoints" / "step_00000010" / "ema"
-    assert resolve_model_dir(assets / "run") == expected
-    assert resolve_model_dir(expected) == expected
-    with pytest.raises(FileNotFoundError, match="--checkpoint"):
-        resolve_model_dir(assets / "nothing")
+    assert resolve_pretrained(assets / "run") == expected
+    assert resolve_pretrained(assets / "run" / "checkpoints") == expected
+    assert resolve_pretrained(expected) == expected
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(assets / "nothing"), "--prompt", "x", "--vae", str(assets / "vae")])
+    assert exit_info.value.code == 2 and "(--checkpoint)" in capsys.readouterr().err
 
 
 def test_sample_writes_a_video_of_the_requested_shape(assets, tmp_path):
@@ -46,3 +50,16 @@ def test_missing_vae_fails_fast_naming_the_flag(assets, tmp_path, capsys):
               str(tmp_path / "no-vae"), "--text-encoder", str(assets / "t5")])
     assert exit_info.value.code == 2
     assert "--vae" in capsys.readouterr().err
+
+
+def test_prompts_file_and_seeds_write_an_indexed_folder(assets, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red kite\n\na blue boat\n")
+    out = tmp_path / "samples"
+    main(["--checkpoint", str(assets / "run"), "--prompts-file", str(prompts), "--seeds", "3", "4",
+          "--out", str(out), "--vae", str(assets / "vae"), "--text-encoder", str(assets / "t5"),
+          "--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"])
+    index = read_sample_index(out)
+    assert [(e["prompt"], e["seed"]) for e in index] == [
+        ("a red kite", 3), ("a red kite", 4), ("a blue boat", 3), ("a blue boat", 4)]
+    assert all(probe(out / e["video"]).num_frames == 5 for e in index)

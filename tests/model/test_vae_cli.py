@@ -72,3 +72,36 @@ def test_reconstruct_fails_fast_on_missing_weights(
         )
     assert exit_info.value.code == 2
     assert "model.pretrained" in capsys.readouterr().err
+
+
+def test_latent_stats_normalise_the_latents_per_channel(tmp_path: Path, capsys, media) -> None:
+    """The statistics written into the config make the codec's latents of the same sample zero
+    mean and unit variance per channel, as the DiT expects."""
+    import torch
+
+    from soraplan.model.dit.codec import load_wfvae_codec
+    from soraplan.model.vae.cli import LatentStatsConfig
+    from soraplan.model.vae.data import VAEDataConfig
+
+    torch.manual_seed(0)
+    WFVAEModel(**WFVAE_CONFIGS["wfvae-test"]).save_pretrained(tmp_path / "vae")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("moving", "three_shots"):
+        (videos / f"{name}.mp4").write_bytes(media[name].read_bytes())
+    main(["latent-stats", "--vae", str(tmp_path / "vae"), "--videos", str(videos), "--out",
+          str(tmp_path / "normalised"), "batches=3", "data.num_frames=9", "data.crop_size=32",
+          "data.short_side=48", "data.batch_size=2"])
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["mean"]) == len(printed["std"]) == 4
+    codec = load_wfvae_codec(str(tmp_path / "normalised"), "--vae")
+    assert len(codec.vae.config.shift_factor) == 4
+    cfg = LatentStatsConfig(data=VAEDataConfig(video_dirs=[str(videos)], num_frames=9, crop_size=32,
+                                               short_side=48, batch_size=2))
+    sampler = cfg.data.build(cfg.seed)
+    latents = torch.cat([codec.encode(sampler.batch(step)) for step in range(3)]).double()
+    per_channel = latents.transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 1e-4
+    assert (per_channel.std(1, unbiased=False) - 1).abs().max() < 1e-3
+    decoded = codec.decode(latents[:1].float())
+    assert decoded.shape == (1, 3, 9, 32, 32)

@@ -91,3 +91,24 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
     return path
+
+
+SAMPLE_INDEX = "samples.jsonl"  # a folder of sampled videos: one {"video", "prompt", "seed"} a line
+
+
+def write_sample_index(folder: str | os.PathLike[str], entries: Iterable[Mapping[str, Any]]) -> Path:
+    """Index the sampled videos in `folder` (`video` is a file name in it) with prompt and seed."""
+    path = Path(folder) / SAMPLE_INDEX
+    lines = "".join(json.dumps({"video": e["video"], "prompt": e["prompt"], "seed": e["seed"]}) + "\n"
+                    for e in entries)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(lines)
+    os.replace(tmp, path)
+    return path
+
+
+def read_sample_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    path = Path(folder) / SAMPLE_INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: expected a folder of sampled videos with {SAMPLE_INDEX}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from soraplan.core.config import ConfigError, NonNegativeInt, PositiveInt, UnitFloat, to_dict
+from soraplan.core.outputs import read_sample_index, write_sample_index
 from soraplan.core.video import iter_frames, write_video
 
 SIZE = 64  # frame width and height
@@ -283,18 +284,15 @@ def make_world(out: str | Path, cfg: WorldConfig) -> dict[str, Any]:
 
 # --- sampled videos and their prompts -----------------------------------------------------------
 
-SAMPLES_INDEX = "samples.jsonl"  # one {"video": <file relative to the folder>, "prompt", "seed"} a line
-
-
 def write_samples(folder: str | Path, items: list[tuple[np.ndarray, str, int]]) -> Path:
     """Store videos (T x H x W x 3 uint8) with their prompts and seeds as the checker reads them."""
     folder = Path(folder)
-    lines = []
+    entries = []
     for i, (frames, prompt, seed) in enumerate(items):
         name = f"{i:04d}_{prompt.replace(' ', '_')}_s{seed}.mp4"
         write_video(folder / name, frames, FPS)
-        lines.append(json.dumps({"video": name, "prompt": prompt, "seed": seed}))
-    (folder / SAMPLES_INDEX).write_text("\n".join(lines) + "\n")
+        entries.append({"video": name, "prompt": prompt, "seed": seed})
+    write_sample_index(folder, entries)
     return folder
 
 
@@ -302,15 +300,9 @@ def check_samples(folder: str | Path, holdout: Iterable[str] = ()) -> dict[str, 
     """The checker's figures over every sample listed in `<folder>/samples.jsonl`: all prompts, and
     separately the `holdout` prompts and the others."""
     folder = Path(folder)
-    index = folder / SAMPLES_INDEX
-    if not index.is_file():
-        raise FileNotFoundError(f"{index} is missing: --samples must be a folder of sampled videos")
     holdout = set(holdout)
     items, per_video = [], []
-    for line in index.read_text().splitlines():
-        if not line.strip():
-            continue
-        entry = json.loads(line)
+    for entry in read_sample_index(folder):
         frames = np.stack([f.image for f in iter_frames(folder / entry["video"])])
         reading = judge_video(frames)
         items.append((entry["prompt"], reading))

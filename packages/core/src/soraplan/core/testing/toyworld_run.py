@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from soraplan.core.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, to_dict
-from soraplan.core.outputs import prepare_output_dir, write_json_atomic
+from soraplan.core.outputs import prepare_output_dir, write_json_atomic, write_sample_index
 from soraplan.core.schema import read_clip_table
 from soraplan.core.testing.toyworld import FPS, SHOT_FRAMES, SIZE, WorldConfig, all_captions, check_samples
 
@@ -199,7 +199,7 @@ class ToyRun:
                                    "--model.pretrained", str(self.vae_dir), f"start_s={shot['start_s']}",
                                    f"max_frames={SHOT_FRAMES}", f"short_side={SIZE}"])
             entries.append({"video": target.name, "prompt": shot["caption"], "seed": 0})
-        (folder / "samples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+        write_sample_index(folder, entries)
 
     # --- what the run shows ---------------------------------------------------------------------
     def curation_figures(self) -> dict[str, Any]:

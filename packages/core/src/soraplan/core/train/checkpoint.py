@@ -14,6 +14,8 @@ from pathlib import Path
 
 LATEST_FILE = "latest"
 STAGING_PREFIX = ".staging-"
+CHECKPOINTS_DIR = "checkpoints"  # in a training output dir
+EMA_DIR = "ema"  # in a checkpoint: a model directory of the EMA weights (from_pretrained loads it)
 
 
 def checkpoint_tag(step: int) -> str:
@@ -76,3 +78,20 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
         return None
     path = Path(root) / marker.read_text().strip()
     return path if path.is_dir() else None
+
+
+def resolve_pretrained(path: str | os.PathLike[str]) -> Path:
+    """The model directory to load from `path`: a training output dir or its `checkpoints/` (the
+    latest checkpoint's EMA weights), one checkpoint (its EMA weights), or a save_pretrained dir."""
+    path = Path(path)
+    for root in (path / CHECKPOINTS_DIR, path):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            path = latest
+            break
+    if (path / EMA_DIR / "config.json").is_file():
+        return path / EMA_DIR
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(f"no model weights under {str(path)!r}: expected a training output dir, "
+                            "a checkpoint, or a save_pretrained directory")

@@ -29,6 +29,8 @@ import torch
 from soraplan.core.config import dump_yaml
 from soraplan.core.progress import Progress
 from soraplan.core.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    EMA_DIR,
     atomic_write_text,
     checkpoint_tag,
     commit_checkpoint,
@@ -41,8 +43,6 @@ from soraplan.core.train.ema import EMA
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-EMA_DIR = "ema"  # in a checkpoint: a model directory of the EMA weights (from_pretrained loads it)
 TRAIN_STATE = "train_state.json"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"

@@ -3,8 +3,11 @@
     soraplan-dit train --config pipelines/configs/dit_tiny_cpu.yaml data.root=... [key=value ...]
     soraplan-dit encode --config pipelines/configs/dit_encode.yaml --shards S --out O vae=...
     soraplan-dit attention-distance --shape 24 32 32 --k 2 4 6 8 [--json]
+    soraplan-dit text-encoder --out DIR --corpus captions.txt [--d-model 64]
 
-`train` runs in this process; several processes: `deepspeed pipelines/train_dit.py ...` or
+`text-encoder` saves a small randomly initialised T5 encoder with a word-level tokenizer over the
+corpus's words: an offline text encoder for trials and CPU runs (`text_encoder.path`,
+`soraplan-sample --text-encoder`), where mT5-XXL cannot be downloaded. `train` runs in this process; several processes: `deepspeed pipelines/train_dit.py ...` or
 `torchrun --nproc_per_node N pipelines/train_dit.py ...`. `encode` is a Ray job
 (`ray job submit -- python pipelines/encode_latents.py ...` on a cluster).
 """
@@ -61,6 +64,33 @@ def distance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def text_encoder(cfg: None, args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from soraplan.core.config import ConfigError
+    from soraplan.model.testing import save_tiny_t5
+
+    corpus = Path(args.corpus)
+    if not corpus.is_file():
+        raise FileNotFoundError(f"corpus not found: {corpus} (--corpus)")
+    words = sorted({w for line in corpus.read_text().lower().splitlines() for w in line.split()})
+    if not words:
+        raise ConfigError(f"{corpus} holds no words (--corpus)")
+    if args.d_model % args.heads:
+        raise ConfigError(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")
+    save_tiny_t5(args.out, args.d_model, args.seed, words, args.layers, args.heads)
+    return {"out": args.out, "words": len(words), "d_model": args.d_model}
+
+
+def text_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the encoder and its tokenizer")
+    parser.add_argument("--corpus", required=True, help="text file; its words are the vocabulary")
+    parser.add_argument("--d-model", type=int, default=64, help="state width (the DiT's text_dim)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 COMMANDS = [
     Command("train", "train the DiT in this process (several: deepspeed pipelines/train_dit.py)",
             train, TrainDiTConfig),
@@ -68,6 +98,8 @@ COMMANDS = [
             encode_arguments, {"shards": "shards", "out": "out", "address": "ray.address"}),
     Command("attention-distance", "average attention distance of each attention mode",
             attention_distance, arguments=distance_arguments),
+    Command("text-encoder", "save a small random T5 encoder with a word-level tokenizer (offline trials)",
+            text_encoder, arguments=text_encoder_arguments),
 ]
 
 main = console_main("soraplan-dit", __doc__, COMMANDS)

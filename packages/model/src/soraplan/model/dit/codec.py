@@ -35,11 +35,11 @@ class WFVAECodec:
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         z = self.vae.encode(video, chunk_frames=self.chunk_frames).latent_dist.mode()
-        return (z - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return self.vae.normalize_latents(z)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        z = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        z = self.vae.denormalize_latents(latents)
         chunk = None if self.chunk_frames is None else max(1, self.chunk_frames // 4)
         return self.vae.decode(z, chunk_latents=chunk).sample.clamp(-1, 1)
 

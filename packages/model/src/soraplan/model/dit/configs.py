@@ -16,6 +16,11 @@ DIT_CONFIGS: dict[str, dict[str, Any]] = {
     # Open-Sora-Plan v1.3 "2.7B": 32 layers, 24 heads x 96, mT5-XXL text states (4096), k=4.
     "skiparse-2.7b": dict(num_layers=32, num_heads=24, head_dim=96, text_dim=4096, sparse_k=4),
     "skiparse-small": dict(num_layers=12, num_heads=12, head_dim=64, text_dim=4096, sparse_k=4),
+    # The toy world's DiT: 8-channel WF-VAE latents of 64x64 shots (5 x 8 x 8), patches of 2x2
+    # -> 80 tokens; a small T5-class text encoder (64); skiparse k=2 between full first and last
+    # layers.
+    "skiparse-toy": dict(in_channels=8, num_layers=4, num_heads=4, head_dim=32, text_dim=64,
+                         sparse_k=2, full_layers=[0, -1]),
     "tiny": dict(in_channels=4, num_layers=4, num_heads=2, head_dim=16, text_dim=32, sparse_k=2,
                  full_layers=[0, -1]),
 }

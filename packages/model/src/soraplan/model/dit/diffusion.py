@@ -1,14 +1,18 @@
 """Training loss and sampling with diffusers schedulers.
 
 Training: DDPM, 1000 steps, linear betas 1e-4..0.02 rescaled to zero terminal SNR,
-v-prediction, Min-SNR-gamma weighting, averaged over real (unpadded) latents.
+v-prediction, averaged over real (unpadded) latents, weighted by Min-SNR-gamma (Open-Sora-Plan's
+recipe) or not at all. With zero terminal SNR the Min-SNR weight of v-prediction, min(SNR, g) /
+(SNR + 1), is about SNR at the noisy end (0.08 at t=500, 0.006 at t=700), so the timesteps where
+layout is decided get little gradient: small models trained briefly learn colours but not
+shapes or motion there, and train better unweighted (`loss_weighting: none`).
 Sampling: Euler-Ancestral with trailing timestep spacing and classifier-free guidance.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +28,8 @@ class DiffusionConfig:
     num_train_timesteps: PositiveInt = 1000
     beta_start: Annotated[float, Range(gt=0, lt=1)] = 1e-4
     beta_end: Annotated[float, Range(gt=0, lt=1)] = 0.02
-    snr_gamma: PositiveFloat = 5.0  # Min-SNR-gamma loss weight
+    loss_weighting: Literal["min_snr", "none"] = "min_snr"
+    snr_gamma: PositiveFloat = 5.0  # gamma of the Min-SNR weight
     sample_steps: PositiveInt = 50
     guidance_scale: NonNegativeFloat = 7.5
 
@@ -32,6 +37,10 @@ class DiffusionConfig:
         if self.beta_start >= self.beta_end:
             raise ConfigError(f"beta_start {self.beta_start} must be below beta_end "
                               f"{self.beta_end}")
+
+    def min_snr_gamma(self) -> float | None:
+        """The gamma `diffusion_loss` weights with; None for an unweighted loss."""
+        return self.snr_gamma if self.loss_weighting == "min_snr" else None
 
     def _schedule(self) -> dict[str, object]:
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
@@ -70,10 +79,11 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -
 
 def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
                    text_states: Tensor, text_mask: Tensor | None, seeds: list[int],
-                   snr_gamma: float = 5.0, latent_mask: Tensor | None = None,
+                   snr_gamma: float | None = 5.0, latent_mask: Tensor | None = None,
                    timesteps: Tensor | None = None) -> Tensor:
-    """Per-sample loss (B,): weighted v-prediction MSE averaged over each sample's real latents.
-    Timesteps are drawn from the seeds unless given (fixed timesteps for evaluation)."""
+    """Per-sample loss (B,): v-prediction MSE averaged over each sample's real latents, weighted
+    by Min-SNR-`snr_gamma` (None: unweighted). Timesteps are drawn from the seeds unless given
+    (fixed timesteps for evaluation)."""
     noise = seeded_normal(tuple(latents.shape[1:]), seeds).to(latents)
     if timesteps is None:
         timesteps = seeded_timesteps(scheduler.config.num_train_timesteps, seeds)
@@ -87,6 +97,8 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
     else:
         mask = latent_mask[:, None].expand_as(err).float()
         per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+    if snr_gamma is None:
+        return per_sample
     return per_sample * min_snr_weights(scheduler, timesteps, snr_gamma).float()
 
 

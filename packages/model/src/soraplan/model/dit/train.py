@@ -112,7 +112,7 @@ class DiTTrainer(Trainer):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         loss = diffusion_loss(engine, self.noise_scheduler, batch["latents"].to(self.dtype),
                               batch["text_states"].to(self.dtype), batch["text_mask"], seeds,
-                              cfg.diffusion.snr_gamma).mean()
+                              cfg.diffusion.min_snr_gamma()).mean()
         lr = engine.get_lr()[0]  # the rate of this step (engine.step moves the schedule on)
         engine.backward(loss)
         engine.step()

@@ -3,10 +3,13 @@
     soraplan-vae reconstruct in.mp4 out.mp4 --model.pretrained runs/vae_tiny/checkpoints/step_00000400/ema
     soraplan-vae reconstruct in.mp4 out.mp4 --model.name wfvae-tiny   # random weights (smoke test)
     soraplan-vae train --config pipelines/configs/vae_tiny.yaml data.video_dirs=[DIR] steps=100
+    soraplan-vae latent-stats --vae runs/vae_tiny --shards out/curated --out models/wfvae
 
 `train` runs in this process; several processes: `deepspeed pipelines/train_vae.py ...`.
 Reconstruction encodes and decodes in time chunks (exact, bounded memory) and prints the
-PSNR/SSIM of the result as JSON.
+PSNR/SSIM of the result as JSON. `latent-stats` encodes a sample of clips and writes the VAE with
+the per-channel mean and 1 / std of its latents as `shift_factor` / `scaling_factor`, so the
+DiT trains on latents of zero mean and unit variance per channel.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import numpy as np
 import torch
 
 from soraplan.core.cli import Command, console_main
-from soraplan.core.config import ConfigError, PositiveInt
+from soraplan.core.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt
 from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe, write_video
-from soraplan.model.vae.configs import WFVAEConfig
+from soraplan.core.train.checkpoint import resolve_pretrained
+from soraplan.model.vae.configs import WFVAEConfig, load_pretrained
+from soraplan.model.vae.data import VAEDataConfig
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
 from soraplan.model.vae.train import TrainVAEConfig, VAETrainer
@@ -34,6 +39,7 @@ class ReconstructConfig:
     output: str | None = None  # mp4 to write (second positional argument)
     model: WFVAEConfig = field(default_factory=WFVAEConfig)
     short_side: PositiveInt | None = 256  # frames scaled to this short side (and multiples of 8)
+    start_s: NonNegativeFloat = 0.0  # read from this time
     max_frames: PositiveInt | None = 65  # read at most this many frames (cut to 1 + 4n)
     chunk_frames: PositiveInt = 16
     chunk_latents: PositiveInt = 4
@@ -46,14 +52,14 @@ class ReconstructConfig:
 
 
 def load_video(
-    path: str | Path, short_side: int | None, max_frames: int | None
+    path: str | Path, short_side: int | None, max_frames: int | None, start_s: float = 0.0
 ) -> tuple[np.ndarray, float]:
     """Frames T x H x W x 3 uint8 with T = 1 + 4n and H, W multiples of 8; and the fps."""
     info = probe(path)
     w, h = fit_short_side(info.width, info.height, short_side)
     size = (w // 8 * 8, h // 8 * 8)
     frames = []
-    for frame in iter_frames(path, size=size):
+    for frame in iter_frames(path, start_s, size=size):
         frames.append(frame.image)
         if max_frames is not None and len(frames) >= max_frames:
             break
@@ -82,7 +88,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict[str, float]:
     if not Path(cfg.input).is_file():
         raise FileNotFoundError(f"input video not found: {cfg.input}")
     try:
-        frames, fps = load_video(cfg.input, cfg.short_side, cfg.max_frames)
+        frames, fps = load_video(cfg.input, cfg.short_side, cfg.max_frames, cfg.start_s)
     except VideoDecodeError as exc:
         raise ConfigError(f"input: {exc}") from None
     recon = reconstruct_frames(vae, frames, cfg.chunk_frames, cfg.chunk_latents)
@@ -103,6 +109,47 @@ def reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                         help="named config with random weights (config: model.name)")
 
 
+@dataclass
+class LatentStatsConfig:
+    vae: str | None = None  # training output dir, checkpoint or save_pretrained dir (--vae)
+    out: str | None = None  # where the VAE with its statistics is saved (--out); None: in place
+    data: VAEDataConfig = field(default_factory=lambda: VAEDataConfig(batch_size=4))  # clips sampled
+    batches: PositiveInt = 16  # batches of data.batch_size clips encoded
+    seed: NonNegativeInt = 0
+
+
+@torch.no_grad()
+def latent_stats(cfg: LatentStatsConfig) -> dict[str, object]:
+    """Per-channel mean and std of the posterior means of a sample of clips, saved into the
+    VAE's config as shift_factor (mean) and scaling_factor (1 / std)."""
+    if not cfg.vae:
+        raise ConfigError("set the VAE to measure (--vae)")
+    source = resolve_pretrained(cfg.vae) if Path(cfg.vae).exists() else Path(cfg.vae)
+    vae = load_pretrained(str(source), config_key="--vae").eval()
+    sampler = cfg.data.build(cfg.seed)  # fails on missing data before any encoding
+    total = torch.zeros(vae.config.latent_channels, dtype=torch.float64)
+    squares, count = torch.zeros_like(total), 0
+    for step in range(cfg.batches):
+        z = vae.encode(sampler.batch(step)).latent_dist.mode().double()
+        total += z.sum(dim=(0, 2, 3, 4))
+        squares += (z**2).sum(dim=(0, 2, 3, 4))
+        count += z.numel() // z.shape[1]
+    mean = total / count
+    std = (squares / count - mean**2).clamp(min=1e-12).sqrt()
+    vae.register_to_config(shift_factor=mean.tolist(), scaling_factor=(1 / std).tolist())
+    out = Path(cfg.out) if cfg.out else source
+    vae.save_pretrained(out)
+    return {"out": str(out), "latents_per_channel": count, "mean": [round(v, 4) for v in mean.tolist()],
+            "std": [round(v, 4) for v in std.tolist()]}
+
+
+def latent_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vae", help="the VAE: a training run, checkpoint or save_pretrained dir")
+    parser.add_argument("--out", help="folder to save the VAE with its statistics (default: in place)")
+    parser.add_argument("--shards", nargs="+", help="curated output folders to sample (data.shard_dirs)")
+    parser.add_argument("--videos", nargs="+", help="folders of videos to sample (data.video_dirs)")
+
+
 def train(cfg: TrainVAEConfig, args: argparse.Namespace) -> None:
     VAETrainer(cfg).fit()
 
@@ -114,6 +161,9 @@ COMMANDS = [
             lambda cfg, args: reconstruct(cfg), ReconstructConfig, reconstruct_arguments,
             {"input": "input", "output": "output", "pretrained": "model.pretrained",
              "name": "model.name"}),
+    Command("latent-stats", "write per-channel latent mean and scale into the VAE's config",
+            lambda cfg, args: latent_stats(cfg), LatentStatsConfig, latent_stats_arguments,
+            {"vae": "vae", "out": "out", "shards": "data.shard_dirs", "videos": "data.video_dirs"}),
 ]
 
 main = console_main("soraplan-vae", __doc__, COMMANDS)

@@ -212,8 +212,11 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         connect_res_blocks: int = 1,
         use_attention: bool = True,
         norm_type: NormType = "layernorm",
-        scaling_factor: float = 1.0,  # latents for the DiT are (z - shift_factor) * scaling_factor
-        shift_factor: float = 0.0,
+        # Latents for the DiT are (z - shift_factor) * scaling_factor, per channel when these are
+        # lists (`soraplan-vae latent-stats` writes the channel means and 1 / stds here, as
+        # upstream WF-VAE releases carry them).
+        scaling_factor: float | list[float] = 1.0,
+        shift_factor: float | list[float] = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(
@@ -233,6 +236,21 @@ class WFVAEModel(ModelMixin, ConfigMixin):
             norm_type,
             use_attention,
         )
+
+    def _latent_affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale) broadcastable over latents (B, C, T, H, W)."""
+        shift, scale = (torch.as_tensor(v, dtype=like.dtype, device=like.device)
+                        for v in (self.config.shift_factor, self.config.scaling_factor))
+        return shift.reshape(1, -1, 1, 1, 1), scale.reshape(1, -1, 1, 1, 1)
+
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Posterior latents -> the DiT's latents (zero mean, unit variance per channel)."""
+        shift, scale = self._latent_affine(z)
+        return (z - shift) * scale
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        shift, scale = self._latent_affine(latents)
+        return latents / scale + shift
 
     def _check_video(self, x: torch.Tensor) -> None:
         s = self.spatial_compression
