@@ -23,3 +23,12 @@ def test_disabled_progress_says_nothing(caplog):
 
 def test_format_seconds():
     assert format_seconds(65) == "1m05s" and format_seconds(7300) == "2h01m"
+
+
+def test_a_time_budget_bounds_the_time_left(caplog):
+    caplog.set_level(logging.INFO, logger="soraplan.progress")
+    with Progress(10**15, "train", "step", every=1, terminal=False, budget_s=120) as progress:
+        progress.update(1)
+    assert "left" in caplog.records[0].getMessage()
+    left = caplog.records[0].getMessage().split(", ")[2]
+    assert left in ("2m00s left", "1m59s left"), left

@@ -25,13 +25,15 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0,
                  every: int | None = None, every_s: float = 30.0, enabled: bool = True,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, budget_s: float | None = None) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.done = self.start_done = initial
         self.every, self.every_s = every, every_s
         self.enabled = enabled
         self.fields: dict[str, Any] = {}
         self.started = self.last_line = time.monotonic()
+        # A job that stops at a time budget ends then, whatever `total` says.
+        self.deadline = None if budget_s is None else self.started + budget_s
         self.last_done = initial
         self.bar = None
         if enabled and (sys.stderr.isatty() if terminal is None else terminal):
@@ -66,8 +68,11 @@ class Progress:
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
         parts.append(f"{rate:.3g} {self.unit}/s")
-        if self.total and rate > 0:
-            parts.append(f"{format_seconds((self.total - self.done) / rate)} left")
+        left = [(self.total - self.done) / rate] if self.total and rate > 0 else []
+        if self.deadline is not None:
+            left.append(self.deadline - time.monotonic())
+        if left:
+            parts.append(f"{format_seconds(min(left))} left")
         parts.extend(f"{k}={_short(v)}" for k, v in self.fields.items())
         return ", ".join(parts)
 

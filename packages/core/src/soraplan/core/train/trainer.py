@@ -144,7 +144,8 @@ class Trainer:
                      self.name, f"{params:,}", self.world_size, self.cpu_threads or "GPU", self.step,
                      self.total_steps)
         progress = Progress(self.total_steps, self.name, "step", initial=self.step, every=cfg.log_every,
-                            enabled=self.rank == 0)
+                            enabled=self.rank == 0,
+                            budget_s=None if cfg.max_minutes is None else 60 * cfg.max_minutes)
         history: list[dict[str, float]] = []
         started = time.monotonic()
         saved_at = self.step
