@@ -105,3 +105,33 @@ def test_latent_stats_normalise_the_latents_per_channel(tmp_path: Path, capsys, 
     assert (per_channel.std(1, unbiased=False) - 1).abs().max() < 1e-3
     decoded = codec.decode(latents[:1].float())
     assert decoded.shape == (1, 3, 9, 32, 32)
+
+
+def test_reconstruct_shards_writes_an_indexed_folder_of_kept_clips(tmp_path: Path, capsys) -> None:
+    """--shards reconstructs kept clips inside their crop box, indexed like sampled videos with
+    the clip's caption as prompt; a clip whose file is gone is an error entry, not a crash."""
+    from soraplan.core.outputs import read_sample_index
+    from soraplan.core.schema import empty_clip_row, rows_to_table, write_table_atomic
+
+    video = np.zeros((24, 64, 96, 3), np.uint8)
+    video[:, :, 48:, 2] = 200  # the crop box keeps this blue half
+    write_video(tmp_path / "a.mp4", video, fps=12)
+    common = dict(source_id="a", start_s=0.5, end_s=2.0, num_frames=18, fps=12.0, width=96, height=64,
+                  crop=[48, 96, 0, 64], status="kept")
+    rows = [empty_clip_row(clip_id="a-0", path=str(tmp_path / "a.mp4"), caption="a blue wall", **common),
+            empty_clip_row(clip_id="b-0", path=str(tmp_path / "gone.mp4"), caption="lost", **common),
+            empty_clip_row(clip_id="c-0", source_id="c", path=str(tmp_path / "a.mp4"), status="rejected")]
+    write_table_atomic(rows_to_table(rows), tmp_path / "curated" / "clips" / "part-00000.parquet")
+    WFVAEModel(**WFVAE_CONFIGS["wfvae-test"]).save_pretrained(tmp_path / "vae")
+
+    main(["reconstruct", "--shards", str(tmp_path / "curated"), "--clips", "5", str(tmp_path / "recon"),
+          "--model.pretrained", str(tmp_path / "vae"), "max_frames=9"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips"] == 2 and report["errors"] == 1 and np.isfinite(report["psnr"])
+    good, lost = read_sample_index(tmp_path / "recon")
+    assert good["prompt"] == "a blue wall" and good["start_s"] == 0.5 and "psnr" in good
+    assert lost["prompt"] == "lost" and "gone.mp4" in lost["error"]
+    info = probe(tmp_path / "recon" / good["video"])
+    assert (info.width, info.height) == (48, 64)  # the crop box, not the whole frame
+    frames, _ = load_video(tmp_path / "a.mp4", None, 9, crop=(48, 96, 0, 64))
+    assert frames.shape == (9, 64, 48, 3) and frames[..., 2].min() > 150

@@ -97,9 +97,10 @@ SAMPLE_INDEX = "samples.jsonl"  # a folder of sampled videos: one {"video", "pro
 
 
 def write_sample_index(folder: str | os.PathLike[str], entries: Iterable[Mapping[str, Any]]) -> Path:
-    """Index the sampled videos in `folder` (`video` is a file name in it) with prompt and seed."""
+    """Index the sampled videos in `folder` (`video` is a file name in it) with prompt and seed,
+    plus any other fields an entry carries (e.g. a reconstruction's PSNR)."""
     path = Path(folder) / SAMPLE_INDEX
-    lines = "".join(json.dumps({"video": e["video"], "prompt": e["prompt"], "seed": e["seed"]}) + "\n"
+    lines = "".join(json.dumps({"video": e["video"], "prompt": e["prompt"], "seed": e["seed"], **e}) + "\n"
                     for e in entries)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(lines)

@@ -62,6 +62,7 @@ class ClipSource:
     width: int
     height: int
     crop: tuple[int, int, int, int] | None  # x0, x1, y0, y1 in display pixels
+    caption: str | None = None
 
 
 def clips_from_shards(shard_dir: str) -> list[ClipSource]:
@@ -82,6 +83,7 @@ def clips_from_shards(shard_dir: str) -> list[ClipSource]:
                 row["width"],
                 row["height"],
                 crop,
+                row.get("caption"),
             )
         )
     return clips
