@@ -32,14 +32,14 @@ def saved_world_size(checkpoint: Path) -> int | None:
     return max((len(list(p.glob(ZERO_SHARDS))) for p in zero_engines(checkpoint)), default=None)
 
 
-def convert_to_universal(checkpoint: Path) -> Path:
-    """`<checkpoint>/universal`, converting the ZeRO engines of `checkpoint` first unless an
-    earlier run did. Call it on one process; the others must wait for it."""
+def convert_to_universal(checkpoint: Path) -> None:
+    """Write the ZeRO engines of `checkpoint` to `<checkpoint>/universal/` unless an earlier run
+    did. Call it on one process; the others must wait for it."""
     from deepspeed.checkpoint import ds_to_universal  # deferred: importing deepspeed costs seconds
 
     done = checkpoint / UNIVERSAL_DIR
     if done.is_dir():
-        return done
+        return
     stage = checkpoint / STAGING_DIR
     shutil.rmtree(stage, ignore_errors=True)  # left by a run killed mid-conversion
     for engine in zero_engines(checkpoint):
@@ -50,4 +50,3 @@ def convert_to_universal(checkpoint: Path) -> Path:
             num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
             inject_missing_state=True))
     stage.rename(done)
-    return done
