@@ -35,3 +35,16 @@ def test_the_cli_reports_a_ray_start_failure_in_one_line_with_exit_3(capsys):
 
     assert run_command("soraplan-x", "d", Command("run", "h", job), []) == 3
     assert capsys.readouterr().err == "soraplan-x: a local Ray did not start in 3 attempts\n"
+
+
+def test_a_local_start_is_a_new_instance_and_logs_its_session_dir(caplog):
+    calls = []
+
+    def init(**kwargs):  # address=None would join the last `ray start` cluster of the machine
+        calls.append(kwargs)
+        return types.SimpleNamespace(address_info={"session_dir": "/tmp/ray/session_x_123"})
+
+    with caplog.at_level("INFO", logger="soraplan.core.ray_session"):
+        _start_local(types.SimpleNamespace(init=init), num_cpus=2, attempts=1, backoff_s=0)
+    assert calls == [{"address": "local", "num_cpus": 2, "include_dashboard": False}]
+    assert "local Ray session: /tmp/ray/session_x_123" in caplog.text

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from soraplan.core.config import ConfigError, load_config
 from soraplan.core.train.ema import WEIGHTS_NAME
 from soraplan.core.train.trainer import EMA_DIR
+from soraplan.core.train.universal import saved_world_size
 from soraplan.model.dit.data import LatentDataset
 from soraplan.model.dit.modeling_skiparse import SkiparseDiT
 from soraplan.model.dit.train import DiTTrainer, TrainDiTConfig
@@ -83,6 +84,9 @@ def test_resume_reproduces_uninterrupted_run(latents, tmp_path):
     resumed = train(overrides(latents, tmp_path / "b", 4))
     state = json.loads((resumed / "checkpoints" / "step_00000004" / "train_state.json").read_text())
     assert state["step"] == 4 and state["sampler"]["step"] == 4
+    # Saved and resumed by one process: DeepSpeed's own shards load, no universal conversion.
+    assert saved_world_size(resumed / "checkpoints" / "step_00000002") == 1
+    assert not (resumed / "checkpoints" / "step_00000002" / "universal").exists()
     assert losses(straight) == losses(resumed)
     # The learning-rate warm-up resumes where it stopped.
     assert losses(resumed, "lr") == {1: 5e-4, 2: 1e-3, 3: 1e-3, 4: 1e-3}
@@ -154,3 +158,35 @@ def test_kill_and_resume_equals_uninterrupted(latents, tmp_path):
     run_training(overrides(latents, killed, 8))
     assert losses(tmp_path / "straight") == losses(killed)
     assert_same_weights(ema_weights(tmp_path / "straight"), ema_weights(killed), atol=0)
+
+
+@pytest.mark.heavy
+def test_zero2_checkpoint_of_two_processes_resumes_with_one(latents, tmp_path):
+    """2 processes save a ZeRO-2 checkpoint (one optimizer shard each); 1 process resumes it
+    through DeepSpeed's universal checkpoint with the weights and Adam state the two saved, and
+    continues as an uninterrupted run would."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    run = tmp_path / "run"
+    run_training(overrides(latents, run, 2, zero_stage=2), processes=2)
+    saved = run / "checkpoints" / "step_00000002" / "model"
+    trainer = DiTTrainer(load_config(TrainDiTConfig, CONFIG, overrides(latents, run, 4)))
+    assert trainer.step == 2
+    assert (run / "checkpoints" / "step_00000002" / "universal" / "model").is_dir()
+    module = torch.load(saved / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert_same_weights(trainer.model.state_dict(), module, atol=0)
+    # The shards hold the flat Adam state of the one parameter group, split between the ranks.
+    shards = [torch.load(saved / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+                         weights_only=False)["optimizer_state_dict"] for rank in range(2)]
+    for key in ("exp_avg", "exp_avg_sq"):
+        loaded = torch.cat([safe_get_full_optimizer_state(p, key).flatten()
+                            for p in trainer.model.parameters()])
+        state = torch.cat([s["base_optimizer_state"]["state"][0][key] for s in shards])
+        assert torch.equal(loaded, state[:loaded.numel()]), key
+    trainer.fit()
+    straight = train(overrides(latents, tmp_path / "straight", 4))
+    one, resumed = losses(straight), losses(run)
+    assert resumed.keys() == {1, 2, 3, 4} and losses(run, "lr")[3] == 1e-3  # the warm-up is over
+    for step in one:  # tolerances of test_two_processes_equal_one_process_at_same_global_batch
+        assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6)
+    assert_same_weights(ema_weights(straight), ema_weights(run), atol=5e-3)

@@ -21,6 +21,7 @@ from soraplan.captioner.prompts import PromptConfig, PromptTemplate
 from soraplan.captioner.shards import (
     PARTS_DIR,
     assemble,
+    count_status,
     kept_rows,
     latest_results,
     load_inputs,
@@ -34,7 +35,7 @@ from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt
 from soraplan.core.outputs import write_json_atomic, write_part
 from soraplan.core.progress import Progress
 from soraplan.core.ray_session import RayConfig
-from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS
+from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS, STATUS_ERROR
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
 _TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
@@ -154,6 +155,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "rows_in": sum(t.num_rows for t in inputs.values()),
         "rows_out": rows_out,
         "kept": len(kept),
+        "input_errors": count_status(inputs, STATUS_ERROR),  # unusable inputs: never captioned
         "captioned": captioned,
         "errors": errors,
         "missing": len(kept_ids) - captioned - errors,

@@ -18,10 +18,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from soraplan.core.inputs import read_video_dir
+from soraplan.core.inputs import InputClip, read_video_dir
 from soraplan.core.outputs import move_partial_files, prepare_output_dir, read_results
 from soraplan.core.ray_session import RayConfig
-from soraplan.core.schema import STATUS_KEPT, empty_clip_row, rows_to_table, shard_files, write_table_atomic
+from soraplan.core.schema import (
+    ERROR_STAGE_INPUTS,
+    STATUS_ERROR,
+    STATUS_KEPT,
+    empty_clip_row,
+    rows_to_table,
+    shard_files,
+    write_table_atomic,
+)
 
 PARTS_DIR = "parts"
 
@@ -39,10 +47,19 @@ def load_inputs(source: str | os.PathLike[str]) -> dict[str, pa.Table]:
     clips = list(read_video_dir(root)) if root.is_dir() else []
     if not clips:
         raise FileNotFoundError(f"no clip shards (*.parquet) or video files under {source} (--input)")
-    # A whole video file is one clip; its id is the input id, as curation gives it.
-    rows = [empty_clip_row(clip_id=c.source_id, source_id=c.source_id, path=c.path, start_s=0.0,
-                           status=STATUS_KEPT) for c in clips]
-    return {"clips-00000.parquet": rows_to_table(rows)}
+    return {"clips-00000.parquet": rows_to_table(folder_row(c) for c in clips)}
+
+
+def folder_row(clip: InputClip) -> dict[str, Any]:
+    """The clip row of a path in a folder of videos: the whole file, kept, with the input id as
+    its id, as curation names it. A path that is no readable file inside the folder (a FIFO, a
+    folder named like a video, a broken link) is an error row, as curation makes it, so no
+    decode task opens it and no later run retries it."""
+    row = empty_clip_row(clip_id=clip.source_id, source_id=clip.source_id, path=clip.path,
+                         start_s=0.0, status=STATUS_KEPT)
+    if clip.error:
+        row.update(status=STATUS_ERROR, error=clip.error, error_stage=ERROR_STAGE_INPUTS)
+    return row
 
 
 def kept_rows(tables: Mapping[str, pa.Table], columns: list[str]) -> list[dict[str, Any]]:
@@ -51,6 +68,10 @@ def kept_rows(tables: Mapping[str, pa.Table], columns: list[str]) -> list[dict[s
         kept = table.filter(pc.equal(table["status"], STATUS_KEPT))
         rows.extend(kept.select([c for c in columns if c in kept.column_names]).to_pylist())
     return rows
+
+
+def count_status(tables: Mapping[str, pa.Table], status: str) -> int:
+    return sum(pc.sum(pc.equal(t["status"], status)).as_py() or 0 for t in tables.values())
 
 
 def open_output(out: str | os.PathLike[str], cfg: Any) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from types import ModuleType
 from typing import Any
 
 from soraplan.core.config import NonNegativeFloat, PositiveFloat, PositiveInt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +68,12 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
     for attempt in range(attempts):
         before = {p.pid for p in me.children(recursive=True)}
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            # "local": a new instance even when /tmp/ray/ray_current_cluster names the cluster of
+            # the last `ray start` on this machine (someone else's, or dead), which address=None
+            # would join or hang on.
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            # Where to find this instance's processes if the job is killed (docs/operations.md).
+            log.info("local Ray session: %s", context.address_info["session_dir"])
             return
         except Exception as exc:  # noqa: BLE001 - every start failure is retried the same way
             failure = exc

@@ -20,6 +20,8 @@ STATUS_KEPT = "kept"
 STATUS_REJECTED = "rejected"
 STATUS_ERROR = "error"
 STATUSES = (STATUS_KEPT, STATUS_REJECTED, STATUS_ERROR)
+# The error_stage of a row whose input (a manifest row, a path) cannot be used at all.
+ERROR_STAGE_INPUTS = "inputs"
 
 # Base columns written by `soraplan-curate`, one row per output segment.
 CLIP_FIELDS: list[pa.Field] = [

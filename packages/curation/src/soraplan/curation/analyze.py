@@ -23,6 +23,7 @@ import pyarrow as pa
 from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.inputs import InputClip
 from soraplan.core.schema import (
+    ERROR_STAGE_INPUTS,
     STATUS_ERROR,
     STATUS_KEPT,
     STATUS_REJECTED,
@@ -39,7 +40,7 @@ from soraplan.curation.resources import Resources, sequential
 from soraplan.curation.stages import ClipContext, SplitStage, Stage, StageConfig
 
 # What the analyzer itself does before any stage scores, counted per input clip in the funnel.
-CLIP_PHASES = ("inputs", "probe", "decode")
+CLIP_PHASES = (ERROR_STAGE_INPUTS, "probe", "decode")
 # Columns the analyzer fills (the segment, its source, its verdict); stages write the others.
 ANALYZER_COLUMNS = frozenset({
     "clip_id", "source_id", "segment_index", "path", "start_s", "end_s", "num_frames", "fps", "width", "height",
@@ -141,7 +142,7 @@ class ClipAnalyzer:
                     matching_score=clip.matching_score, start_s=clip.start_s, end_s=clip.end_s)
         try:
             if clip.error:
-                raise StageError("inputs", clip.error)
+                raise StageError(ERROR_STAGE_INPUTS, clip.error)
             return self._rows(self.decode(clip, timings), base, timings)
         except StageError as exc:
             return [empty_clip_row(clip_id=clip.source_id, segment_index=0, status=STATUS_ERROR, error=str(exc),

@@ -109,8 +109,9 @@ class TrainerConfig:
 
 
 def deepspeed_config(cfg: TrainerConfig, micro_batch: int, world_size: int, grad_accum: int = 1,
-                     bf16: bool = False) -> dict[str, Any]:
-    """The DeepSpeed config of a trainer: batch sizes, ZeRO stage, clipping, precision."""
+                     bf16: bool = False, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config of a trainer: batch sizes, ZeRO stage, clipping, precision, and
+    whether checkpoints load from the universal form (see universal.py)."""
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
@@ -120,6 +121,7 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch: int, world_size: int, grad
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
+        "checkpoint": {"load_universal": load_universal},
     }
     merge_into(ds, cfg.deepspeed)
     return ds

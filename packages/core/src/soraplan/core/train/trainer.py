@@ -10,7 +10,8 @@ to log. The base class does the rest the same way for every trainer:
 - the loop to `steps` or `max_minutes`, with progress lines (step / total, steps/s, time left);
 - EMA with warm-up; `metrics.jsonl` and TensorBoard scalars; `config.yaml`;
 - atomic checkpoints `checkpoints/step_00000500/{<engine>/, ema/, train_state.json}` with a
-  `latest` marker, and exact resume from them.
+  `latest` marker, and exact resume from them, also with another number of processes (see
+  universal.py).
 
 On CPU a resumed run reproduces the uninterrupted one when `train_step` draws its randomness
 from (seed, step, rank), as every soraplan trainer does.
@@ -40,6 +41,7 @@ from soraplan.core.train.checkpoint import (
 from soraplan.core.train.config import TrainerConfig, deepspeed_config
 from soraplan.core.train.distributed import all_ranks_agree, barrier, init_distributed
 from soraplan.core.train.ema import EMA
+from soraplan.core.train.universal import UNIVERSAL_DIR, convert_to_universal, saved_world_size
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class Trainer:
         self.total_steps = cfg.steps  # where this run ends; build() may lower it
         self.engines: dict[str, Any] = {}
         self.ema_model: torch.nn.Module | None = None
+        self.resume_from = latest_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
+        # A ZeRO checkpoint of another process count loads only in universal form, and only into
+        # engines built for it, so this is decided before build().
+        saved_by = saved_world_size(self.resume_from) if self.resume_from else None
+        self.load_universal = saved_by not in (None, self.world_size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.build()
         self.ema = None
@@ -85,8 +92,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / TENSORBOARD_DIR))
-        if cfg.checkpoint.resume:
-            self.resume()
+        if self.resume_from is not None:
+            self.resume(self.resume_from, saved_by)
 
     # --- what a trainer provides ---------------------------------------------------------------
     def build(self) -> None:
@@ -112,7 +119,8 @@ class Trainer:
 
     # --- shared pieces ---------------------------------------------------------------------------
     def deepspeed_config(self, micro_batch: int, grad_accum: int = 1) -> dict[str, Any]:
-        return deepspeed_config(self.cfg, micro_batch, self.world_size, grad_accum, self.bf16)
+        return deepspeed_config(self.cfg, micro_batch, self.world_size, grad_accum, self.bf16,
+                                self.load_universal)
 
     def initialize(self, model: torch.nn.Module, optimizer: Any, micro_batch: int,
                    grad_accum: int = 1, lr_scheduler: Any = None) -> Any:
@@ -192,17 +200,22 @@ class Trainer:
         barrier()
         return self.ckpt_root / tag
 
-    def resume(self) -> bool:
-        """Load the latest checkpoint, if any: engines (model and optimizer), EMA, step, state."""
-        path = latest_checkpoint(self.ckpt_root)
-        if path is None:
-            return False
+    def resume(self, path: Path, saved_by: int | None) -> None:
+        """Load checkpoint `path`: engines (model and optimizer), EMA, step, state."""
+        engines_dir = path
+        if self.load_universal:
+            if self.rank == 0:
+                log.info("%s: %s was saved by %d processes, this run has %d: loading it as "
+                         "DeepSpeed's universal checkpoint", self.name, path, saved_by,
+                         self.world_size)
+                convert_to_universal(path)
+            barrier()
+            engines_dir = path / UNIVERSAL_DIR
         for name, engine in self.engines.items():
-            engine.load_checkpoint(str(path), tag=name, load_module_strict=self.save_frozen)
+            engine.load_checkpoint(str(engines_dir), tag=name, load_module_strict=self.save_frozen)
         if self.ema is not None:
             self.ema.load_pretrained(path / EMA_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
         self.step = state["step"]
         self.load_extra_state(state)
         log.info("%s: resumed from %s at step %d", self.name, path, self.step)
-        return True
