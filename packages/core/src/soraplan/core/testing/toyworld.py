@@ -303,6 +303,8 @@ def check_samples(folder: str | Path, holdout: Iterable[str] = ()) -> dict[str, 
     holdout = set(holdout)
     items, per_video = [], []
     for entry in read_sample_index(folder):
+        if "error" in entry:  # a listed video its job could not make (e.g. an unreadable source)
+            continue
         frames = np.stack([f.image for f in iter_frames(folder / entry["video"])])
         reading = judge_video(frames)
         items.append((entry["prompt"], reading))

@@ -44,11 +44,10 @@ def _figures_table(figures: dict[str, Any], targets: dict[str, float]) -> str:
     return "<table>" + head + "".join(rows) + "</table>"
 
 
-def _sample_grid(folder: Path, holdout: set[str]) -> str:
-    from soraplan.core.testing.toyworld import check_samples
-
+def _sample_grid(folder: Path, videos: list[dict[str, Any]], holdout: set[str]) -> str:
+    """`videos`: the checker's reading of each sample (check_samples(...)["videos"])."""
     cards = []
-    for video in check_samples(folder, holdout)["videos"]:
+    for video in videos:
         expected = parse_caption(video["prompt"]) or (None, None, None)
         marks = []
         for key, want in zip(("colour", "shape", "direction"), expected):
@@ -85,7 +84,7 @@ def _loss_svg(metrics: Path, title: str, width: int = 520, height: int = 200) ->
             f"<polyline fill='none' stroke='#4c72b0' stroke-width='1.5' points='{points}'/></svg>")
 
 
-def write_report(out: Path, summary: dict[str, Any]) -> Path:
+def write_report(out: Path, summary: dict[str, Any], videos: list[dict[str, Any]]) -> Path:
     holdout = set(summary["config"]["world"]["holdout"])
     curation = summary["curation"]
     kinds = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['rows']}</td><td>{v['kept']}</td>"
@@ -100,10 +99,10 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
 <p>{summary['total_minutes']} minutes in all. Samples: {len(summary['config']['seeds'])} seeds for each of the
 32 captions; held-out captions (never generated for training) are outlined.</p>
 <h2>Checker</h2>{_figures_table(summary['figures'], summary['targets'])}
-<p>VAE reconstructions of {vae.get('videos', 0)} curated shots, read by the same checker: colour
+<p>VAE reconstructions of {vae.get('videos', 0)} curated shots (PSNR {vae.get('psnr', math.nan):.1f} dB), read by the same checker: colour
 {vae.get('colour', math.nan):.2f}, direction {vae.get('direction', math.nan):.2f}, shape
 {vae.get('shape', math.nan):.2f}, one blob {vae.get('one_blob', math.nan):.2f} (the best the DiT can reach).</p>
-<h2>Samples</h2>{_sample_grid(out / 'samples', holdout)}
+<h2>Samples</h2>{_sample_grid(out / 'samples', videos, holdout)}
 <h2>Curation</h2><table><tr><th>planted kind</th><th>segments</th><th>kept</th><th>rejected by reason</th></tr>{kinds}</table>
 <h2>Training</h2>{_loss_svg(out / 'vae' / 'metrics.jsonl', 'WF-VAE')}<br>{_loss_svg(out / 'dit' / 'metrics.jsonl', 'DiT')}
 <h2>Stages</h2><table><tr><th>stage</th><th>minutes</th></tr>{stages}</table>

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from soraplan.core.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, to_dict
-from soraplan.core.outputs import prepare_output_dir, write_json_atomic
+from soraplan.core.outputs import prepare_output_dir, read_sample_index, write_json_atomic
 from soraplan.core.schema import read_clip_table
 from soraplan.core.testing.toyworld import FPS, SHOT_FRAMES, SIZE, WorldConfig, all_captions, check_samples
 
@@ -107,11 +107,12 @@ class ToyRun:
         self.stage("dit", self.train_dit)
         self.stage("sample", self.sample)
         self.stage("vae_check", self.check_vae)
-        summary = self.summary()
+        samples = check_samples(self.samples, self.cfg.world.holdout)
+        summary = self.summary(samples)
         write_json_atomic(self.out / "summary.json", summary)
         from soraplan.core.testing.toyworld_report import write_report
 
-        write_report(self.out, summary)
+        write_report(self.out, summary, samples["videos"])
         return summary
 
     # --- the stages -----------------------------------------------------------------------------
@@ -218,16 +219,20 @@ class ToyRun:
                 "subtitled_removed_subtitles": share(subtitled, "subtitles"),
                 "good_kept": good["kept"], "good_shots": good["rows"]}
 
-    def summary(self) -> dict[str, Any]:
-        samples = check_samples(self.samples, self.cfg.world.holdout)
-        vae_check = check_samples(self.out / "vae_check")
+    def vae_figures(self) -> dict[str, Any]:
+        """The checker on the VAE's reconstructions of kept clips, with their mean PSNR."""
+        folder = self.out / "vae_check"
+        psnr = [e["psnr"] for e in read_sample_index(folder) if "psnr" in e]
+        return {**check_samples(folder)["all"], "psnr": round(sum(psnr) / len(psnr), 2) if psnr else None}
+
+    def summary(self, samples: dict[str, Any]) -> dict[str, Any]:
         targets = {"colour": 0.9, "direction": 0.8, "shape": 0.7, "one_blob": 0.9}
         figures = samples["all"]
         return {
             "figures": {k: v for k, v in samples.items() if k != "videos"},
             "targets": targets,
             "met": {k: figures.get(k, 0) >= v for k, v in targets.items()},
-            "vae_reconstructions": vae_check["all"],
+            "vae_reconstructions": self.vae_figures(),
             "curation": self.curation_figures(),
             "stage_seconds": self.done,
             "total_minutes": round(sum(self.done.values()) / 60, 1),
