@@ -102,3 +102,32 @@ def test_cli_make_and_check(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["check", "--samples", str(tmp_path / "nothing")])
     assert exc.value.code == 2
+
+
+def test_report_shows_every_sample_with_its_verdicts_and_the_loss_curves(tmp_path):
+    from soraplan.core.config import to_dict
+    from soraplan.core.testing.toyworld_report import write_report
+    from soraplan.core.testing.toyworld_run import ToyRunConfig, last_metrics
+
+    rng = np.random.default_rng(2)
+    items = [(random_shot(rng, c).frames(), c, 0) for c in all_captions()[:3]]
+    items.append((random_shot(rng, all_captions()[5]).frames(), all_captions()[0], 1))  # wrong clip
+    write_samples(tmp_path / "samples", items)
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 101)))
+    training = last_metrics(tmp_path / "dit" / "metrics.jsonl")
+    assert training == {"steps": 100, "loss_first": pytest.approx(0.4567, abs=1e-3),
+                        "loss_last": pytest.approx(0.0102, abs=1e-3)}
+    assert last_metrics(tmp_path / "absent.jsonl") == {}
+
+    samples = check_samples(tmp_path / "samples", DEFAULT_HOLDOUT)
+    summary = {"config": to_dict(ToyRunConfig()), "figures": {k: v for k, v in samples.items() if k != "videos"},
+               "targets": {"colour": 0.9, "direction": 0.8, "shape": 0.7, "one_blob": 0.9},
+               "curation": {"by_kind": {"good": {"rows": 3, "kept": 3}, "still": {"rows": 1, "kept": 0, "static": 1}}},
+               "vae_reconstructions": {"videos": 0}, "stage_seconds": {"world": 3.0}, "total_minutes": 0.1}
+    page = write_report(tmp_path, summary, samples["videos"]).read_text()
+    assert page.count("<img") == 4 and page.count("data:image/gif;base64,") == 4
+    assert all(c in page for c in all_captions()[:3])
+    assert page.count("class='bad'") >= 1 and "static: 1" in page
+    assert "DiT: step 1 to 100" in page and "WF-VAE: no metrics.jsonl" in page
