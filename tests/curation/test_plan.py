@@ -10,7 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from soraplan.core.config import load_config
 from soraplan.core.inputs import InputClip, expand_inputs
+from soraplan.core.schema import read_clip_table
+from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.curation.plan import (
     CLIP_SCHEMA,
     MAX_WORK_UNITS,
@@ -99,3 +102,24 @@ def test_work_units_cover_the_todo_files_exactly(tmp_path):
                     for i in range(rows)]
     # However many clips there are, the driver lists a bounded number of units.
     assert len(InputPlan(todo=10**9, todo_files={Path("t"): 10**9}).work_units(1)) == MAX_WORK_UNITS
+
+
+def test_every_input_comes_back_once_across_manifests_and_reruns(local_ray, tmp_path, media, write_manifest):
+    manifests = two_manifests(tmp_path, media, write_manifest)
+    out = tmp_path / "out"
+
+    def curate(input_: str) -> dict:
+        return run(load_config(CurateConfig, REPO / "pipelines/configs/curate.yaml",
+                               [f"input={input_}", f"out={out}", f"video_root={tmp_path}"]))
+
+    curate(str(manifests / "a.csv"))
+    first = {r["source_id"] for r in read_clip_table(out).to_pylist()}
+    assert len(first) == 4  # three spans and the malformed row
+    summary = curate(str(manifests / "*.csv"))
+    rows = read_clip_table(out).to_pylist()
+    sources = {r["source_id"] for r in rows}
+    assert first < sources and len(sources) == summary["inputs"] - summary["duplicate_inputs"] == 7 - 1
+    assert len({r["clip_id"] for r in rows}) == len(rows)
+    errors = sorted(r["source_id"] for r in rows if r["status"] == "error")
+    assert errors == ["b.csv:line3", "moving:a.csv:line3"]
+    assert summary["kept"] + summary["rejected"] + summary["errors"] == summary["rows"] == len(rows)
