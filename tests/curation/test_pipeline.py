@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from soraplan.core.config import load_config
 from soraplan.curation.pipeline import CurateConfig, run

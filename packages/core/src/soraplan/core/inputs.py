@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,9 +52,6 @@ class InputClip:
     matching_score: float | None = None
     error: str | None = None  # set when the input row itself is unusable
     error_kind: str | None = None  # the class of `error`, e.g. malformed_span (see ERROR_KINDS)
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def parse_timestamp(text: str) -> float:
