@@ -51,7 +51,9 @@ CLIP_SCHEMA = pa.schema([
 ORDER = "order"  # source index << 32 | clip index within the source: the first copy has the lowest
 _BUCKET_SCHEMA = CLIP_SCHEMA.append(pa.field(ORDER, pa.int64()))
 _DONE_SCHEMA = pa.schema([("source_id", pa.string())])
-PARTITION_BYTES = 128 << 20  # manifest bytes per partition: ~1M clips, a few hundred MB in a task
+# Manifest bytes per partition: ~300k clips, whose planning task peaks near 400 MB (bench/scale_inputs.py
+# measured ~1.1 GB for a partition of 1M clips).
+PARTITION_BYTES = 32 << 20
 MAX_PARTITIONS = 1024
 CLIPS_PER_CHUNK = 1 << 16  # clips a parsing task turns into Arrow at a time
 RESULT_FILES_PER_TASK = 256
@@ -114,13 +116,14 @@ def plan_inputs(ray: ModuleType, sources: list[InputSource], results_dir: Path, 
     scratch.mkdir(parents=True, exist_ok=True)
     split_source, split_done, plan_partition = (ray.remote(f) for f in (_split_source, _split_done, _plan_partition))
     try:
-        problems = ray.get([split_source.remote(s, i, video_root, allow_outside_root, partitions, scratch)
-                            for i, s in enumerate(sources)])
-        problem = next((p for p in problems if p), None)
+        parsed = [split_source.remote(s, i, video_root, allow_outside_root, partitions, scratch)
+                  for i, s in enumerate(sources)]
+        groups = _batched(_result_files(results_dir), RESULT_FILES_PER_TASK)
+        done = [split_done.remote(g, i, partitions, scratch) for i, g in enumerate(groups)]
+        problem = next((p for p in ray.get(parsed) if p), None)
+        unreadable = sum(ray.get(done))  # before raising: these tasks write into the scratch
         if problem:
             raise ConfigError(f"cannot read input {problem}")
-        groups = _batched(_result_files(results_dir), RESULT_FILES_PER_TASK)
-        unreadable = sum(ray.get([split_done.remote(g, i, partitions, scratch) for i, g in enumerate(groups)]))
         counts = ray.get([plan_partition.remote(p, partitions, scratch, write_todo) for p in range(partitions)])
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
