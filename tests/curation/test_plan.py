@@ -79,13 +79,17 @@ def test_plan_only_prints_counts_and_writes_nothing(local_ray, tmp_path, media, 
     assert list(out.iterdir()) == []  # the scratch is gone
 
 
-def test_bad_input_lists_exit_2_in_one_line(tmp_path, curate, capsys):
+def test_bad_inputs_exit_2_in_one_line(local_ray, tmp_path, curate, capsys):
     config = REPO / "pipelines/configs/curate.yaml"
     assert curate("run", "--config", config, "--input", tmp_path / "none*.csv", "--out", tmp_path / "o",
                   "--plan-only") == 2
     assert curate("run", "--config", config, "input=[]", "--out", tmp_path / "o") == 2
+    (tmp_path / "notes.csv").write_text("name,size\na,1\n")
+    assert curate("run", "--config", config, "--input", tmp_path / "*.csv", "--out", tmp_path / "o",
+                  "--plan-only") == 2  # found by a planning task, reported by the driver
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 2 and "matches no file" in errors[0] and "list of manifests is empty" in errors[1]
+    assert len(errors) == 3 and "matches no file" in errors[0] and "list of manifests is empty" in errors[1]
+    assert "cannot read input" in errors[2] and "not a Panda-70M manifest" in errors[2]
 
 
 def test_work_units_cover_the_todo_files_exactly(tmp_path):
