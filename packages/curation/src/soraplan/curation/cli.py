@@ -16,7 +16,7 @@ from typing import Any
 
 from soraplan.core.cli import Command, console_main
 from soraplan.curation.analyze import AnalyzeConfig
-from soraplan.curation.pipeline import CurateConfig, plan, run
+from soraplan.curation.pipeline import CurateConfig, plan_only, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
 
 PROG = "soraplan-curate"
@@ -44,7 +44,7 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
     if args.plan_only:
-        return plan(cfg)
+        return plan_only(cfg)
     if args.weights_dir:
         weights_only_from(args.weights_dir, cfg.analyze)
     summary = run(cfg)

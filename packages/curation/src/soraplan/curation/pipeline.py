@@ -124,7 +124,7 @@ def _check_input_and_out(cfg: CurateConfig) -> None:
         raise ConfigError("set input and out (--input/--out or the config keys input/out)")
 
 
-def plan(cfg: CurateConfig) -> dict[str, Any]:
+def plan_only(cfg: CurateConfig) -> dict[str, Any]:
     """Plan `cfg.input` against `cfg.out` and return the counts; nothing is analyzed or written
     but the scratch of planning, removed before returning."""
     _check_input_and_out(cfg)
