@@ -7,6 +7,7 @@ import pytest
 from soraplan.core.config import ConfigError
 from soraplan.core.inputs import (
     MAX_FIELD_CHARS,
+    expand_inputs,
     find_media,
     parse_timestamp,
     read_inputs,
@@ -196,3 +197,32 @@ def test_every_path_that_looks_like_a_video_is_a_row_and_nothing_blocks(tmp_path
     assert [p.name for p in find_media(tmp_path)] == ["good.mp4"]
     with pytest.raises(VideoDecodeError, match="not a regular file"):
         probe(tmp_path / "pipe.mp4")  # returns at once: the FIFO is never opened
+
+
+def test_inputs_from_a_glob_or_a_list_of_manifests(tmp_path):
+    for name in ("b.csv", "a.csv", "sub/c.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _manifest(tmp_path / name, [["v", "", SPAN, "['x']", "[0.1]"], ["", "", SPAN, "['x']", "[0.1]"]])
+    assert [s.name for s in expand_inputs(str(tmp_path / "*.csv"))] == ["a.csv", "b.csv"]  # matches sorted
+    listed = expand_inputs([tmp_path / "sub/c.csv", str(tmp_path / "*.csv"), tmp_path / "a.csv"])
+    assert [s.name for s in listed] == ["sub/c.csv", "a.csv", "b.csv"]  # each file once, named from the common folder
+    assert [s.name for s in expand_inputs(str(tmp_path / "**/*.csv"))] == ["a.csv", "b.csv", "sub/c.csv"]
+    clips = read_inputs([tmp_path / "a.csv", tmp_path / "sub/c.csv"], tmp_path)
+    # Error clips name their manifest, so equal line numbers in two files stay distinct inputs.
+    assert [c.source_id for c in clips if c.error] == ["a.csv:line3", "sub/c.csv:line3"]
+    assert {c.error_kind for c in clips if c.error} == {"bad_video_id"}
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([], "list of manifests is empty"),
+    (["nothing*.csv"], "matches no file"),
+    (["gone.csv"], "does not exist"),
+    (["notes.txt"], "neither a directory of videos nor a .csv manifest"),
+    (["videos", "a.csv"], "is an input on its own"),
+])
+def test_bad_inputs_are_config_errors(tmp_path, entries, message):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    _manifest(tmp_path / "a.csv", [])
+    with pytest.raises(ConfigError, match=message):
+        expand_inputs([str(tmp_path / e) for e in entries])

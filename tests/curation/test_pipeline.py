@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -15,21 +14,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from soraplan.core.config import load_config
-from soraplan.core.ray_session import init_ray
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.core.schema import read_clip_table
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def curate_config(input_path: Path, out: Path, *overrides: str) -> CurateConfig:
@@ -37,17 +27,7 @@ def curate_config(input_path: Path, out: Path, *overrides: str) -> CurateConfig:
                        [f"input={input_path}", f"out={out}", *overrides])
 
 
-def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["videoID", "url", "timestamp", "caption", "matching_score"])
-        for video_id, spans in rows:
-            n = spans.count("], [") + 1
-            writer.writerow([video_id, "", spans, str(["a caption"] * n), str([0.5] * n)])
-    return path
-
-
-def test_every_bad_input_becomes_an_error_row(local_ray, tmp_path, media, bad_media):
+def test_every_bad_input_becomes_an_error_row(local_ray, tmp_path, media, bad_media, write_manifest):
     root = tmp_path / "videos"
     root.mkdir()
     for name, path in {**media, **bad_media}.items():

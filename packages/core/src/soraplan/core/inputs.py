@@ -1,10 +1,10 @@
-"""Input clips: a Panda-70M metadata CSV plus a video root, or a directory tree of videos.
+"""Input clips: Panda-70M metadata CSVs plus a video root, or a directory tree of videos.
 
 The one place that decides what counts as a video file and how a clip is named: curation,
 captioning and VAE training all read folders through `read_video_dir` / `find_media`.
 Reading inputs never fails a job: a row or a path that cannot be used becomes an input clip
 carrying an `error` (naming the file, the physical line and the column), which the job turns
-into an error row. Parsing is bounded: fields over `MAX_FIELD_CHARS` and literals nested deeper
+into an error row; its `error_kind` names the class of problem, for counts. Parsing is bounded: fields over `MAX_FIELD_CHARS` and literals nested deeper
 than `MAX_LITERAL_DEPTH` are errors, never a crash.
 
 Containment: a video must lie inside its root (the video root of a manifest, the input folder
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import ast
 import csv
+import glob
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from soraplan.core.config import ConfigError
 
@@ -34,6 +35,9 @@ MAX_LITERAL_DEPTH = 4  # timestamp lists nest 2 deep
 _CSV_READ_LIMIT = 64 << 20  # what the csv module reads at all; longer fields are error rows too
 _TIMESTAMP = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*$")
 _OUTSIDE_HINT = "to use it on purpose, set allow_outside_root=true"
+# What `InputClip.error_kind` can be: manifest rows, then paths found in a directory run.
+ERROR_KINDS = ("unreadable_record", "bad_video_id", "outside_root", "malformed_row", "malformed_span",
+               "missing", "not_a_file", "unreadable_file")
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,7 @@ class InputClip:
     caption: str | None = None
     matching_score: float | None = None
     error: str | None = None  # set when the input row itself is unusable
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+    error_kind: str | None = None  # the class of `error`, e.g. malformed_span (see ERROR_KINDS)
 
 
 def parse_timestamp(text: str) -> float:
@@ -77,28 +79,33 @@ def _contained(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-def media_problem(path: Path, root: Path, allow_outside_root: bool = False) -> str | None:
+class MediaProblem(NamedTuple):
+    kind: str  # one of ERROR_KINDS
+    reason: str
+
+
+def media_problem(path: Path, root: Path, allow_outside_root: bool = False) -> MediaProblem | None:
     """Why `path` cannot be read as a media file of `root`, or None. Never opens the file, so
     a FIFO or a device cannot block the caller."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        return "file not found" if not path.is_symlink() else "broken symlink"
+        return MediaProblem("missing", "file not found" if not path.is_symlink() else "broken symlink")
     except OSError as exc:
-        return f"cannot stat: {exc.strerror or exc}"
+        return MediaProblem("unreadable_file", f"cannot stat: {exc.strerror or exc}")
     if not allow_outside_root and not _contained(path, root):
-        return f"resolves outside {root} (to {path.resolve()}); {_OUTSIDE_HINT}"
+        return MediaProblem("outside_root", f"resolves outside {root} (to {path.resolve()}); {_OUTSIDE_HINT}")
     mode = info.st_mode
     if stat.S_ISDIR(mode):
-        return "is a directory, not a video file"
+        return MediaProblem("not_a_file", "is a directory, not a video file")
     if stat.S_ISFIFO(mode):
-        return "is a FIFO (named pipe), not a regular file"
+        return MediaProblem("not_a_file", "is a FIFO (named pipe), not a regular file")
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a regular file"
+        return MediaProblem("not_a_file", "is a device, not a regular file")
     if not stat.S_ISREG(mode):
-        return "is not a regular file"
+        return MediaProblem("not_a_file", "is not a regular file")
     if not os.access(path, os.R_OK):
-        return "is not readable (permission denied)"
+        return MediaProblem("unreadable_file", "is not readable (permission denied)")
     return None
 
 
@@ -132,7 +139,8 @@ def read_video_dir(directory: str | Path, allow_outside_root: bool = False) -> I
     for path in scan_media_paths(root):
         problem = media_problem(path, root, allow_outside_root)
         yield InputClip(source_id=span_id(folder_video_id(root, path), 0.0, None), path=str(path),
-                        error=f"{path}: {problem}" if problem else None)
+                        error=f"{path}: {problem.reason}" if problem else None,
+                        error_kind=problem.kind if problem else None)
 
 
 class VideoRoot:
@@ -255,39 +263,46 @@ def _rows(fh: Any, csv_path: Path) -> Iterator[tuple[int, dict[str, str] | None,
             yield line, dict(zip(header, values)), None
 
 
-def read_panda70m_csv(csv_path: str | Path, video_root: str | Path,
-                      allow_outside_root: bool = False) -> Iterator[InputClip]:
-    """One input clip per (video, timestamp span) of a Panda-70M metadata CSV."""
+def read_panda70m_csv(csv_path: str | Path, video_root: str | Path, allow_outside_root: bool = False,
+                      name: str | None = None) -> Iterator[InputClip]:
+    """One input clip per (video, timestamp span) of a Panda-70M metadata CSV. Error clips are
+    named by `name` (default: the file name) and the line, so they stay unique across manifests."""
     csv_path = Path(csv_path)
     root = VideoRoot(video_root, allow_outside_root)
     limit = csv.field_size_limit()
     csv.field_size_limit(_CSV_READ_LIMIT)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-            yield from _manifest_clips(_rows(fh, csv_path), csv_path, root)
+            yield from _manifest_clips(_rows(fh, csv_path), csv_path, name or csv_path.name, root)
     finally:
         csv.field_size_limit(limit)
 
 
-def _manifest_clips(rows: Iterator[tuple[int, dict[str, str] | None, str | None]], csv_path: Path,
+def _error_clip(kind: str, source_id: str, path: str, message: str) -> InputClip:
+    return InputClip(source_id, path, error=message, error_kind=kind)
+
+
+def _manifest_clips(rows: Iterator[tuple[int, dict[str, str] | None, str | None]], csv_path: Path, name: str,
                     root: VideoRoot) -> Iterator[InputClip]:
     for line, row, csv_error in rows:
         where = f"{csv_path}:{line}"
         if row is None:
-            yield InputClip(f"line{line}", "", error=f"{where}: unreadable CSV record: {csv_error}")
+            yield _error_clip("unreadable_record", f"{name}:line{line}", "",
+                              f"{where}: unreadable CSV record: {csv_error}")
             continue
         video_id = (row.get("videoID") or "").strip()
-        if not video_id:
-            yield InputClip(f"line{line}", "", error=f"{where}: column 'videoID' is empty")
+        if not video_id or len(video_id) > 1024:
+            problem = "is empty" if not video_id else "is over 1024 characters"
+            yield _error_clip("bad_video_id", f"{name}:line{line}", "", f"{where}: column 'videoID' {problem}")
             continue
-        if len(video_id) > 1024:
-            yield InputClip(f"line{line}", "", error=f"{where}: column 'videoID' is over 1024 characters")
-            continue
-        row_id = f"{video_id}:line{line}"
+        row_id = f"{video_id}:{name}:line{line}"
         try:
             path = root.find(video_id)
-        except (ValueError, OSError) as exc:
-            yield InputClip(row_id, "", error=f"{where}: {exc}")
+        except ValueError as exc:
+            yield _error_clip("outside_root", row_id, "", f"{where}: {exc}")
+            continue
+        except OSError as exc:
+            yield _error_clip("unreadable_file", row_id, "", f"{where}: {exc}")
             continue
         try:
             spans = _literal_list(row.get("timestamp"), "timestamp")
@@ -299,7 +314,7 @@ def _manifest_clips(rows: Iterator[tuple[int, dict[str, str] | None, str | None]
                 raise ValueError(f"columns timestamp/caption/matching_score have {len(spans)}/{len(captions)}/"
                                  f"{len(scores)} items")
         except ValueError as exc:
-            yield InputClip(row_id, str(path), error=f"{where}: malformed row: {exc}")
+            yield _error_clip("malformed_row", row_id, str(path), f"{where}: malformed row: {exc}")
             continue
         for i, (span, caption, score) in enumerate(zip(spans, captions, scores)):
             try:
@@ -308,18 +323,58 @@ def _manifest_clips(rows: Iterator[tuple[int, dict[str, str] | None, str | None]
                     raise ValueError(f"column 'caption' item {i} is not a string: {_excerpt(repr(caption))}")
                 clip = InputClip(span_id(video_id, start, end), str(path), start, end, caption, _score(score, i))
             except ValueError as exc:
-                yield InputClip(f"{row_id}:span{i}", str(path), error=f"{where}: malformed span: {exc}")
+                yield _error_clip("malformed_span", f"{row_id}:span{i}", str(path), f"{where}: malformed span: {exc}")
                 continue
             yield clip
 
 
-def read_inputs(source: str | Path, video_root: str | Path | None = None,
+@dataclass(frozen=True)
+class InputSource:
+    """One file or folder of a job's input: a manifest CSV or a directory of videos."""
+
+    path: Path
+    name: str  # names a manifest's error clips: its path relative to the sources' common folder
+
+    def clips(self, video_root: str | Path | None = None, allow_outside_root: bool = False) -> Iterator[InputClip]:
+        """Its input clips; a manifest's videos are under `video_root`, default: the CSV's folder."""
+        if self.path.is_dir():
+            return read_video_dir(self.path, allow_outside_root)
+        return read_panda70m_csv(self.path, video_root or self.path.parent, allow_outside_root, self.name)
+
+
+def expand_inputs(source: str | Path | Sequence[str | Path]) -> list[InputSource]:
+    """The sources `source` names: one directory of videos, or manifest CSVs given by path, by
+    glob pattern (`manifests/*.csv`; `**` spans folders) or as a list of either. Order is kept
+    (a pattern's matches sorted), and a file named twice is read once. Problems are ConfigErrors."""
+    entries = [source] if isinstance(source, (str, Path)) else list(source)
+    if not entries:
+        raise ConfigError("input: the list of manifests is empty")
+    paths: dict[Path, Path] = {}  # resolved -> as given
+    for entry in entries:
+        given = Path(entry)
+        if given.exists() or given.is_symlink():  # an existing name is taken as it is, brackets and all
+            found = [given]
+        elif glob.escape(str(entry)) != str(entry):
+            found = sorted(Path(p) for p in glob.glob(str(entry), recursive=True))
+            if not found:
+                raise ConfigError(f"input: {entry} matches no file")
+        else:
+            raise ConfigError(f"input: {entry} does not exist")
+        for path in found:
+            paths.setdefault(path.resolve(), path)
+    found = list(paths.values())
+    folders = [p for p in found if p.is_dir()]
+    if folders and len(found) > 1:
+        raise ConfigError(f"input: a directory of videos ({folders[0]}) is an input on its own, not one of several")
+    other = [p for p in found if not p.is_dir() and p.suffix.lower() != ".csv"]
+    if other:
+        raise ConfigError(f"input: {other[0]} is neither a directory of videos nor a .csv manifest")
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in found])
+    return [InputSource(p, os.path.relpath(os.path.abspath(p), common)) for p in found]
+
+
+def read_inputs(source: str | Path | Sequence[str | Path], video_root: str | Path | None = None,
                 allow_outside_root: bool = False) -> list[InputClip]:
-    """Input clips from a manifest CSV (videos under `video_root`, default: the CSV's folder)
-    or from a directory of videos."""
-    source = Path(source)
-    if source.is_dir():
-        return list(read_video_dir(source, allow_outside_root))
-    if source.suffix.lower() == ".csv":
-        return list(read_panda70m_csv(source, video_root or source.parent, allow_outside_root))
-    raise ValueError(f"input {source} is neither a directory of videos nor a .csv manifest")
+    """Every input clip of `source` (see `expand_inputs`) in one list: for inputs that fit in
+    memory; a large job reads its sources one by one (`InputSource.clips`)."""
+    return [clip for s in expand_inputs(source) for clip in s.clips(video_root, allow_outside_root)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,13 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = CLIP_SC
     return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema)
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write a Parquet file so that readers never see a partial file: write, fsync, rename."""
+def write_table_atomic(table: pa.Table, path: str | os.PathLike[str], **options: Any) -> Path:
+    """Write a Parquet file so that readers never see a partial file: write, fsync, rename.
+    `options` go to `pyarrow.parquet.write_table` (e.g. row_group_size)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, **options)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -119,7 +120,13 @@ def shard_files(shard_dir: str | os.PathLike[str]) -> list[Path]:
         root = root / "clips"
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    return sorted(iter_shard_files(root))
+
+
+def iter_shard_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """The complete Parquet shards under `folder` as they are found, for folders too large to
+    list at once."""
+    return (p for p in Path(folder).rglob("*.parquet") if not p.name.startswith("."))
 
 
 def read_clip_table(

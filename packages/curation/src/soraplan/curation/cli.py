@@ -1,7 +1,7 @@
 """`soraplan-curate`: the curation job (locally or on a Ray cluster), and its companions.
 
     soraplan-curate run --config C --input I --out O [--video-root D] [--address auto]
-                        [--weights-dir W] [key.path=value ...]                     the job
+                        [--weights-dir W] [--plan-only] [key.path=value ...]       the job
     soraplan-curate report <out> [--to FILE] [--per-reason N]                      report.html
     soraplan-curate export <out> --format osp|opensora --to FILE                   trainer annotations
     soraplan-curate weights download --to DIR [--config C] [key.path=value ...]    fetch weights
@@ -16,7 +16,7 @@ from typing import Any
 
 from soraplan.core.cli import Command, console_main
 from soraplan.curation.analyze import AnalyzeConfig
-from soraplan.curation.pipeline import CurateConfig, run
+from soraplan.curation.pipeline import CurateConfig, plan_only, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
 
 PROG = "soraplan-curate"
@@ -31,15 +31,20 @@ def weights_only_from(directory: str, cfg: AnalyzeConfig) -> None:
 
 
 def run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", help="Panda-70M CSV manifest or a directory of videos (config: input)")
+    p.add_argument("--input", help="Panda-70M CSV manifest, a glob of them (quoted: 'manifests/*.csv') "
+                   "or a directory of videos (config: input, which also takes a list)")
     p.add_argument("--video-root", help="folder holding the manifest's videos (config: video_root)")
     p.add_argument("--out", help="output folder (config: out)")
     p.add_argument("--address", help="Ray address, e.g. auto (config: ray.address); default: a local Ray")
     p.add_argument("--weights-dir", help=f"load model weights only from this folder, never download "
                    f"(also ${WEIGHTS_DIR_ENV}; see `{PROG} weights download`)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="stop after input planning and print its counts (inputs, duplicates, already done, errors)")
 
 
 def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
+    if args.plan_only:
+        return plan_only(cfg)
     if args.weights_dir:
         weights_only_from(args.weights_dir, cfg.analyze)
     summary = run(cfg)

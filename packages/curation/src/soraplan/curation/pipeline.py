@@ -1,43 +1,53 @@
-"""The curation job: input clips -> Ray Data actor pool -> Parquet shards + summary.
+"""The curation job: input planning -> Ray Data actor pool -> Parquet shards + summary.
 
 The output folder follows core's job-output convention (`soraplan.core.outputs`): run.yaml,
 result files under `<out>/clips`, unreadable files of a killed run moved to `<out>/partial`,
-summary.json. Resume is keyed on input clip ids: clips whose rows are already in `<out>/clips`
-are skipped, so a rerun adds exactly the missing clips. Files are only ever added.
+summary.json, and the planning scratch under `<out>/plan` while the job runs. Resume is keyed on
+input clip ids: clips whose rows are already in `<out>/clips` are skipped, so a rerun adds
+exactly the missing clips. Files are only ever added. Planning (`plan.py`) runs inside Ray, so
+the driver's memory does not grow with the manifests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soraplan.core.config import ConfigError, PositiveInt
-from soraplan.core.inputs import InputClip, read_inputs
-from soraplan.core.outputs import done_ids, move_partial_files, prepare_output_dir, write_json_atomic
+from soraplan.core.inputs import InputSource, expand_inputs
+from soraplan.core.outputs import move_partial_files, prepare_output_dir, write_json_atomic
 from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import shard_files, write_table_atomic
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
+from soraplan.curation.plan import InputPlan, plan_inputs, read_work_unit
 from soraplan.curation.resources import Resources
 from soraplan.curation.summary import summarize
 
 log = logging.getLogger(__name__)
 
 WRITE_TASK_CPUS = 0.1  # what each Parquet write task reserves
+PLAN_DIR = "plan"  # <out>/plan/<run>: the scratch of input planning, removed when the run ends
 
 
 @dataclass
 class CurateConfig:
-    input: str | None = None  # Panda-70M CSV manifest or a directory of videos
-    video_root: str | None = None  # where the manifest's videos live (default: its folder)
+    # Panda-70M CSV manifests (a path, a glob such as manifests/*.csv, or a list of either), or
+    # a directory of videos.
+    input: str | list[str] | None = None
+    video_root: str | None = None  # where the manifests' videos live (default: each one's folder)
     # Videos must lie inside the video root / input folder once symlinks are resolved; true
     # admits links that point elsewhere (e.g. a folder of links into a shared store).
     allow_outside_root: bool = False
@@ -46,6 +56,10 @@ class CurateConfig:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     # ray.num_cpus / ray.num_gpus: per analyzer actor; None derives them from the stages.
     ray: RayConfig = field(default_factory=functools.partial(RayConfig, concurrency=2))
+
+    def validate(self) -> None:
+        if isinstance(self.input, list) and not self.input:
+            raise ConfigError("input: the list of manifests is empty")
 
 
 def set_threads(num_cpus: float) -> None:
@@ -62,11 +76,17 @@ def set_threads(num_cpus: float) -> None:
 
 
 class _RayClipAnalyzer(ClipAnalyzer):
-    """The analyzer as Ray constructs it in each actor: pinned to its CPU share."""
+    """The analyzer as Ray constructs it in each actor: pinned to its CPU share, and reading its
+    input clips from the plan's work units itself (see `plan.py`)."""
 
     def __init__(self, cfg: AnalyzeConfig, num_cpus: float) -> None:
         set_threads(num_cpus)
         super().__init__(cfg)
+
+    def __call__(self, units: dict[str, np.ndarray]) -> pa.Table:
+        clips = pa.concat_tables(read_work_unit(str(f), int(s), int(n))
+                                 for f, s, n in zip(units["file"], units["start"], units["rows"]))
+        return super().__call__(clips.to_pydict())
 
 
 def actor_resources(cfg: CurateConfig, cluster_gpus: float) -> Resources:
@@ -99,46 +119,72 @@ def _drop_duplicate_rows(clips_dir: Path) -> None:
             write_table_atomic(pq.read_table(path).filter(pa.array(keep)), path)
 
 
-def run(cfg: CurateConfig) -> dict[str, Any]:
-    """Curate `cfg.input` into `cfg.out`; returns the summary (also written to summary.json)."""
+def _check_input_and_out(cfg: CurateConfig) -> None:
     if not cfg.input or not cfg.out:
         raise ConfigError("set input and out (--input/--out or the config keys input/out)")
+
+
+def plan_only(cfg: CurateConfig) -> dict[str, Any]:
+    """Plan `cfg.input` against `cfg.out` and return the counts; nothing is analyzed or written
+    but the scratch of planning, removed before returning."""
+    _check_input_and_out(cfg)
+    sources = expand_inputs(cfg.input)
+    ray = cfg.ray.init()
+    scratch = Path(cfg.out) / PLAN_DIR / f"only-{uuid.uuid4().hex[:8]}"
+    try:
+        planned = _plan(cfg, ray, sources, scratch, write_todo=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()  # unless a run's scratch is in there
+    return planned.counts()
+
+
+def _plan(cfg: CurateConfig, ray: Any, sources: list[InputSource], scratch: Path, write_todo: bool) -> InputPlan:
+    planned = plan_inputs(ray, sources, Path(cfg.out) / "clips", scratch, video_root=cfg.video_root,
+                          allow_outside_root=cfg.allow_outside_root, write_todo=write_todo)
+    log.info("%d input clips from %d sources (%d duplicates), %d already done, %d to process; planned in %.1f s",
+             planned.inputs, planned.sources, planned.duplicates, planned.already_done, planned.todo,
+             planned.seconds)
+    return planned
+
+
+def run(cfg: CurateConfig) -> dict[str, Any]:
+    """Curate `cfg.input` into `cfg.out`; returns the summary (also written to summary.json)."""
+    _check_input_and_out(cfg)
     started = time.time()
     # Set the stages up once in the driver first: a missing weight fails here, before any data.
     analyzer = ClipAnalyzer(cfg.analyze)
-    try:
-        clips = read_inputs(cfg.input, cfg.video_root, cfg.allow_outside_root)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read input {cfg.input}: {exc}") from None
+    sources = expand_inputs(cfg.input)
     out = prepare_output_dir(cfg.out, cfg)
     clips_dir = out / "clips"
-    unique: dict[str, InputClip] = {}
-    for clip in clips:
-        unique.setdefault(clip.source_id, clip)
+    # Exists from the start, so readers of <out> never take the planning scratch for results.
+    clips_dir.mkdir(exist_ok=True)
     move_partial_files(clips_dir, out)
-    done = done_ids(clips_dir, "source_id")
-    todo = [c for c in unique.values() if c.source_id not in done]
-    log.info("%d input clips (%d duplicates), %d already done, %d to process",
-             len(clips), len(clips) - len(unique), len(unique) - len(todo), len(todo))
-    if todo:
-        _run_ray(cfg, todo, clips_dir, analyzer.schema)
+    ray = cfg.ray.init()
+    shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # a killed run's scratch
+    planned = _plan(cfg, ray, sources, out / PLAN_DIR / "run", write_todo=True)
+    try:
+        if planned.todo:
+            _run_ray(cfg, ray, planned.work_units(cfg.ray.batch_size), clips_dir, analyzer.schema)
+    finally:
+        shutil.rmtree(out / PLAN_DIR, ignore_errors=True)
     _drop_duplicate_rows(clips_dir)
-    summary = summarize(out, cfg, inputs=len(clips), duplicates=len(clips) - len(unique),
+    summary = summarize(out, cfg, inputs=planned.inputs, duplicates=planned.duplicates,
                         wall_s=time.time() - started)
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
-def _run_ray(cfg: CurateConfig, todo: list[InputClip], clips_dir: Path, schema: pa.Schema) -> None:
-    ray = cfg.ray.init()
+def _run_ray(cfg: CurateConfig, ray: Any, units: list[dict[str, Any]], clips_dir: Path, schema: pa.Schema) -> None:
     actor = actor_resources(cfg, ray.cluster_resources().get("GPU", 0.0))
     log.info("each of %d analyzer actors reserves %s CPU, %s GPU", cfg.ray.concurrency, actor.cpus, actor.gpus)
-    items = [c.to_row() for c in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # One block per work unit: blocks are what Ray Data hands out to actors and retries.
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(
         _RayClipAnalyzer,
         fn_constructor_kwargs={"cfg": cfg.analyze, "num_cpus": actor.cpus},
-        batch_size=cfg.ray.batch_size,
+        batch_size=1,
         # Ray Data restarts a dead actor and retries its tasks, so a killed worker loses no rows.
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency),
         num_cpus=actor.cpus,
