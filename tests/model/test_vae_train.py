@@ -126,7 +126,7 @@ def test_sampler_mixes_images_as_single_frames(curated_dir: Path, tmp_path: Path
 def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     torch.manual_seed(0)
     model = WFVAEModel(**TINY)
-    cfg = VAELossConfig(lpips_weight=0.0, disc_start_step=10)
+    cfg = VAELossConfig(lpips_weight=0.0, l2_weight=0.5, disc_start_step=10)
     loss_fn = VAELoss(cfg)
     disc = PatchDiscriminator3D(8, 2)
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
@@ -141,6 +141,7 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     wavelet = sum((e - d).abs().sum() for e, d in zip(out.encoder_coeffs, out.decoder_coeffs))
     direct = (
         (x - out.sample).abs().sum()
+        + 0.5 * (x - out.sample).square().sum()
         + cfg.kl_weight * out.latent_dist.kl().mean()
         + cfg.wavelet_weight * wavelet
     )
@@ -154,7 +155,8 @@ def test_generator_surrogate_has_the_gradient_of_the_full_loss() -> None:
     out = model(x, generator=torch.Generator().manual_seed(1))
     _, stats = loss_fn.generator_loss(x, out, 10, disc, model.decoder)
     last = model.decoder.conv_out.weight
-    nll_w = torch.autograd.grad((x - out.sample).abs().sum(), last, retain_graph=True)[0]
+    nll = (x - out.sample).abs().sum() + 0.5 * (x - out.sample).square().sum()
+    nll_w = torch.autograd.grad(nll, last, retain_graph=True)[0]
     g_w = torch.autograd.grad(-disc(out.sample).mean(), last)[0]
     expected = (nll_w.norm() / (g_w.norm() + 1e-4)).clamp(0, cfg.adaptive_weight_max).item()
     assert stats["d_weight"] == pytest.approx(expected * cfg.disc_weight, rel=1e-5)

@@ -38,7 +38,7 @@ class ToyRunConfig:
     out: str = "runs/toyworld"
     minutes: PositiveFloat = 60.0  # wall time of the whole run; the DiT gets what the rest leaves
     world: WorldConfig = field(default_factory=lambda: WorldConfig(videos=60))
-    vae_minutes: PositiveFloat = 14.0
+    vae_minutes: PositiveFloat = 12.0
     reserve_minutes: NonNegativeFloat = 4.0  # kept back from the DiT for sampling, checks, report
     min_dit_minutes: PositiveFloat = 2.0  # the DiT trains at least this long, budget or not
     seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1])  # sampling seeds per caption
@@ -131,7 +131,7 @@ class ToyRun:
             # the steps per minute) and still encodes whole shots.
             "data": {"shard_dirs": [str(self.curated)], "num_frames": 9, "crop_size": SIZE // 2,
                      "short_side": SIZE, "fps": FPS, "batch_size": 8},
-            "loss": {"lpips_weight": 0.0, "disc_start_step": 10**9},
+            "loss": {"l1_weight": 0.0, "l2_weight": 1.0, "lpips_weight": 0.0, "disc_start_step": 10**9},
             "optimizer": {"lr": 1e-3, "warmup_steps": 50},
             "ema": {"decay": 0.999},
             "checkpoint": {"every": 500, "keep_last": 1},
