@@ -20,6 +20,7 @@ STAGES = ["world", "curate", "vae", "latent_stats", "text_encoder", "encode", "d
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(2400)  # nine jobs, two Ray starts; each job's start-up takes minutes on loaded cores
 def test_short_toyworld_run_goes_from_footage_to_checked_samples(tmp_path: Path) -> None:
     config = {
         "out": str(tmp_path / "run"), "minutes": 6, "vae_minutes": 1.0, "reserve_minutes": 0,

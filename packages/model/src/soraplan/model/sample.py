@@ -98,7 +98,7 @@ def sample(cfg: SampleConfig) -> Path:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:  # fail fast on every missing input
-        model_dir = resolve_pretrained(cfg.checkpoint)
+        model_dir = resolve_pretrained(cfg.checkpoint, "DiT")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc} (--checkpoint)") from None
     codec = load_wfvae_codec(cfg.vae, "--vae", device)

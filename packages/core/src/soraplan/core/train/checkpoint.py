@@ -80,9 +80,10 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return path if path.is_dir() else None
 
 
-def resolve_pretrained(path: str | os.PathLike[str]) -> Path:
+def resolve_pretrained(path: str | os.PathLike[str], what: str = "model") -> Path:
     """The model directory to load from `path`: a training output dir or its `checkpoints/` (the
-    latest checkpoint's EMA weights), one checkpoint (its EMA weights), or a save_pretrained dir."""
+    latest checkpoint's EMA weights), one checkpoint (its EMA weights), or a save_pretrained dir.
+    `what` names the model in the error."""
     path = Path(path)
     for root in (path / CHECKPOINTS_DIR, path):
         latest = latest_checkpoint(root)
@@ -93,5 +94,5 @@ def resolve_pretrained(path: str | os.PathLike[str]) -> Path:
         return path / EMA_DIR
     if (path / "config.json").is_file():
         return path
-    raise FileNotFoundError(f"no model weights under {str(path)!r}: expected a training output dir, "
+    raise FileNotFoundError(f"no {what} weights under {str(path)!r}: expected a training output dir, "
                             "a checkpoint, or a save_pretrained directory")

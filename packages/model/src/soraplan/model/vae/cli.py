@@ -184,7 +184,7 @@ def latent_stats(cfg: LatentStatsConfig) -> dict[str, object]:
     VAE's config as shift_factor (mean) and scaling_factor (1 / std)."""
     if not cfg.vae:
         raise ConfigError("set the VAE to measure (--vae)")
-    source = resolve_pretrained(cfg.vae) if Path(cfg.vae).exists() else Path(cfg.vae)
+    source = resolve_pretrained(cfg.vae, "WF-VAE") if Path(cfg.vae).exists() else Path(cfg.vae)
     vae = load_pretrained(str(source), config_key="--vae").eval()
     sampler = cfg.data.build(cfg.seed)  # fails on missing data before any encoding
     total = torch.zeros(vae.config.latent_channels, dtype=torch.float64)

@@ -78,7 +78,7 @@ def load_pretrained(path_or_id: str, config_key: str = "model.pretrained") -> WF
     or an HF id, failing with a message that names what is missing and the key to set."""
     if Path(path_or_id).exists():
         try:
-            return WFVAEModel.from_pretrained(resolve_pretrained(path_or_id))
+            return WFVAEModel.from_pretrained(resolve_pretrained(path_or_id, "WF-VAE"))
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; set {config_key}") from None
     looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1
