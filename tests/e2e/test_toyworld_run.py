@@ -26,6 +26,7 @@ def test_short_toyworld_run_goes_from_footage_to_checked_samples(tmp_path: Path)
         "out": str(tmp_path / "run"), "minutes": 6, "vae_minutes": 1.0, "reserve_minutes": 0,
         "min_dit_minutes": 1.0, "world": {"videos": 4, "min_shots": 3, "max_shots": 4},
         "seeds": [0], "sample_steps": 4, "vae_checks": 2,
+        "dit": ["data.global_batch=8"],  # four videos give about a dozen clips
     }
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
