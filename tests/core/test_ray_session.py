@@ -1,5 +1,7 @@
 """Local Ray start-up: failed attempts leave nothing running, and the last failure is one clear error."""
 
+import contextlib
+import select
 import subprocess
 import sys
 import types
@@ -12,21 +14,32 @@ from soraplan.core.ray_session import RayStartError, _start_local
 
 
 def test_failed_starts_are_cleaned_up_backed_off_and_reported(monkeypatch):
-    started, sleeps = [], []
+    raylets, agents, sleeps = [], [], []
+    sleeper = "import time; time.sleep(60)"
 
     def failing_init(**kwargs):
-        # What a timed-out start leaves behind: processes this one started.
-        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        # What a timed-out start leaves behind: a "raylet" this process started, and its "agent".
+        raylets.append(subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; "
+                                         f"subprocess.Popen([sys.executable, '-c', {sleeper!r}]); {sleeper}"]))
+        while not psutil.Process(raylets[-1].pid).children():
+            select.select([], [], [], 0.05)  # not time.sleep, which the test records
+        agents.extend(psutil.Process(raylets[-1].pid).children())
         raise TimeoutError("The raylet did not start in time")
 
-    fake_ray = types.SimpleNamespace(init=failing_init, shutdown=lambda: None)
-    monkeypatch.setattr("time.sleep", sleeps.append)
+    def shutdown():  # as ray.shutdown: ends the raylet, which orphans its agents
+        for raylet in raylets:
+            raylet.kill()
+            raylet.wait()
+
+    fake_ray = types.SimpleNamespace(init=failing_init, shutdown=shutdown)
+    monkeypatch.setattr("soraplan.core.ray_session.time.sleep", sleeps.append)
     with pytest.raises(RayStartError, match=r"did not start in 3 attempts .*TimeoutError: The raylet"):
         _start_local(fake_ray, num_cpus=2, attempts=3, backoff_s=1.0)
     assert sleeps == [1.0, 2.0]
-    for process in started:
-        assert process.wait(timeout=10) is not None  # stopped before the next attempt
-    assert not [p for p in psutil.Process().children() if p.pid in {s.pid for s in started}]
+    assert len(agents) == 3
+    for agent in agents:  # orphaned by the shutdown, and still stopped
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert agent.wait(timeout=10) is not None or agent.status() == psutil.STATUS_ZOMBIE
 
 
 def test_the_cli_reports_a_ray_start_failure_in_one_line_with_exit_3(capsys):

@@ -77,8 +77,10 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
             return
         except Exception as exc:  # noqa: BLE001 - every start failure is retried the same way
             failure = exc
+            # Listed before the shutdown, which ends the raylet and orphans the agents it started.
+            started = [p for p in me.children(recursive=True) if p.pid not in before]
             ray.shutdown()
-            _stop_new_children(me, before)
+            _stop(started)
             if attempt + 1 < attempts:
                 time.sleep(backoff_s * 2**attempt)
     reason = " ".join(str(failure).split())[:300]
@@ -88,16 +90,15 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
         "`ray start --head` and run the job with --address auto.")
 
 
-def _stop_new_children(me: Any, before: set[int]) -> None:
+def _stop(processes: list[Any]) -> None:
     import psutil
 
-    started = [p for p in me.children(recursive=True) if p.pid not in before]
-    for process in started:
+    for process in processes:
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(started, timeout=5)
+    _, alive = psutil.wait_procs(processes, timeout=5)
     for process in alive:
         try:
             process.kill()
