@@ -186,17 +186,30 @@ def test_missing_weights_stop_the_job_before_any_data(tmp_path, monkeypatch, cap
     assert not (tmp_path / "out").exists()
 
 
-def test_late_duplicate_rows_are_dropped_from_the_newer_file(tmp_path):
+def test_late_duplicate_rows_are_dropped_from_the_newer_file(local_ray, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from soraplan.curation.pipeline import _drop_duplicate_rows
+    from soraplan.curation.analyze import AnalyzeConfig
+    from soraplan.curation.finalize import finalize_output
 
     clips = tmp_path / "clips"
     clips.mkdir()
-    pq.write_table(pa.table({"clip_id": ["a", "b"], "source_id": ["s", "s"]}), clips / "old.parquet")
+
+    def write(name: str, ids: list[str], sources: list[str]) -> None:
+        n = len(ids)
+        pq.write_table(pa.table({
+            "clip_id": ids, "source_id": sources, "status": ["kept"] * n, "reject_reasons": [[]] * n,
+            "error_stage": pa.nulls(n, pa.string()), "motion_backend": ["flow"] * n,
+            "stage_seconds": pa.array([[("cuts", 0.5)]] * n, pa.map_(pa.string(), pa.float64())),
+            "start_s": [0.0] * n, "end_s": [2.0] * n}), clips / name)
+
+    write("old.parquet", ["a", "b"], ["s", "s"])
     os.utime(clips / "old.parquet", (1, 1))
-    pq.write_table(pa.table({"clip_id": ["b", "c"], "source_id": ["s", "t"]}), clips / "late.parquet")
-    _drop_duplicate_rows(clips)
+    write("late.parquet", ["b", "c", "c"], ["s", "t", "t"])
+    counts = finalize_output(local_ray, clips, tmp_path / "scratch", AnalyzeConfig())
     assert pq.read_table(clips / "old.parquet")["clip_id"].to_pylist() == ["a", "b"]
     assert pq.read_table(clips / "late.parquet")["clip_id"].to_pylist() == ["c"]
+    assert counts["later_copies"] == 2 and counts["rows"] == 3 and counts["sources"] == 2
+    assert counts["status"] == {"kept": 3} and counts["kept_video_seconds"] == 6.0
+    assert counts["stage_wall_seconds"] == {"cuts": 1.5} and not (tmp_path / "scratch").exists()

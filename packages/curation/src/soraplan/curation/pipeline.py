@@ -4,8 +4,10 @@ The output folder follows core's job-output convention (`soraplan.core.outputs`)
 result files under `<out>/clips`, unreadable files of a killed run moved to `<out>/partial`,
 summary.json, and the planning scratch under `<out>/plan` while the job runs. Resume is keyed on
 input clip ids: clips whose rows are already in `<out>/clips` are skipped, so a rerun adds
-exactly the missing clips. Files are only ever added. Planning (`plan.py`) runs inside Ray, so
-the driver's memory does not grow with the manifests.
+exactly the missing clips. Files are only ever added, except that the end of a run drops later
+copies of a clip id that a killed run's late write left. Planning (`plan.py`) and that end
+(`finalize.py`, which also counts the summary) run inside Ray, so the driver's memory grows
+with neither the manifests nor the output.
 """
 
 from __future__ import annotations
@@ -24,17 +26,16 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.inputs import InputSource, expand_inputs
 from soraplan.core.outputs import move_partial_files, prepare_output_dir, write_json_atomic
 from soraplan.core.ray_session import RayConfig
-from soraplan.core.schema import shard_files, write_table_atomic
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
+from soraplan.curation.finalize import finalize_output
 from soraplan.curation.plan import InputPlan, plan_inputs, read_work_unit
 from soraplan.curation.resources import Resources
-from soraplan.curation.summary import summarize
+from soraplan.curation.summary import summary_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,6 @@ def actor_resources(cfg: CurateConfig, cluster_gpus: float) -> Resources:
     return Resources(cpus=cpus, gpus=gpus)
 
 
-def _drop_duplicate_rows(clips_dir: Path) -> None:
-    """Keep each clip id once. A write of a killed run can land after a rerun has scanned the
-    folder; the older file keeps the row and the newer one is rewritten atomically without it."""
-    seen: set[str] = set()
-    for path in sorted(shard_files(clips_dir), key=lambda p: p.stat().st_mtime):
-        ids = pq.read_table(path, columns=["clip_id"])["clip_id"].to_pylist()  # ids only: cheap
-        keep = [clip_id not in seen for clip_id in ids]
-        seen.update(ids)
-        if not all(keep):
-            write_table_atomic(pq.read_table(path).filter(pa.array(keep)), path)
-
-
 def _check_input_and_out(cfg: CurateConfig) -> None:
     if not cfg.input or not cfg.out:
         raise ConfigError("set input and out (--input/--out or the config keys input/out)")
@@ -167,11 +156,13 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     try:
         if planned.todo:
             _run_ray(cfg, ray, planned.work_units(cfg.ray.batch_size), clips_dir, analyzer.schema)
+        counts = finalize_output(ray, clips_dir, out / PLAN_DIR / "finalize", cfg.analyze)
     finally:
         shutil.rmtree(out / PLAN_DIR, ignore_errors=True)
-    _drop_duplicate_rows(clips_dir)
-    summary = summarize(out, cfg, inputs=planned.inputs, duplicates=planned.duplicates,
-                        wall_s=time.time() - started)
+    if counts["later_copies"]:
+        log.info("dropped %d later copies of clip ids (a killed run's late writes)", counts["later_copies"])
+    summary = summary_from_counts(counts, cfg, inputs=planned.inputs, duplicates=planned.duplicates,
+                                  wall_s=time.time() - started)
     write_json_atomic(out / "summary.json", summary)
     return summary
 

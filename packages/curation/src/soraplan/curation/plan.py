@@ -59,7 +59,7 @@ CLIPS_PER_CHUNK = 1 << 16  # clips a parsing task turns into Arrow at a time
 RESULT_FILES_PER_TASK = 256
 TODO_ROW_GROUP = 1024  # rows per row group of a todo file: a work unit reads only the groups it spans
 MAX_WORK_UNITS = 100_000  # beyond this many units of `batch_size` clips, units grow instead
-_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
 @dataclass
@@ -118,7 +118,7 @@ def plan_inputs(ray: ModuleType, sources: list[InputSource], results_dir: Path, 
     try:
         parsed = [split_source.remote(s, i, video_root, allow_outside_root, partitions, scratch)
                   for i, s in enumerate(sources)]
-        groups = _batched(_result_files(results_dir), RESULT_FILES_PER_TASK)
+        groups = batched(_result_files(results_dir), RESULT_FILES_PER_TASK)
         done = [split_done.remote(g, i, partitions, scratch) for i, g in enumerate(groups)]
         problem = next((p for p in ray.get(parsed) if p), None)
         unreadable = sum(ray.get(done))  # before raising: these tasks write into the scratch
@@ -145,7 +145,7 @@ def _todo_file(scratch: Path, partition: int) -> Path:
     return scratch / f"todo-{partition:05d}.parquet"
 
 
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
@@ -161,7 +161,7 @@ def _partition_of(ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.ndarra
     return np.fromiter((zlib.crc32(i.encode()) % partitions for i in ids.to_pylist()), np.int64, len(ids))
 
 
-def _write_partitioned(writer: pa.ipc.RecordBatchFileWriter, table: pa.Table, partitions: int) -> None:
+def write_partitioned(writer: pa.ipc.RecordBatchFileWriter, table: pa.Table, partitions: int) -> None:
     """Append one record batch per partition (empty ones too), so batch k of a file belongs to
     partition k % partitions."""
     parts = _partition_of(table["source_id"], partitions)
@@ -185,10 +185,10 @@ def _split_source(source: InputSource, index: int, video_root: str | None, allow
                   partitions: int, scratch: Path) -> str | None:
     """Round 1 for one source; returns why the source cannot be read at all, or None."""
     try:
-        with pa.ipc.new_file(scratch / f"inputs-{index:06d}.arrow", _BUCKET_SCHEMA, options=_IPC) as writer:
+        with pa.ipc.new_file(scratch / f"inputs-{index:06d}.arrow", _BUCKET_SCHEMA, options=IPC_OPTIONS) as writer:
             clips = source.clips(video_root, allow_outside_root)
-            for n, chunk in enumerate(_batched(clips, CLIPS_PER_CHUNK)):
-                _write_partitioned(writer, _clip_table(chunk, (index << 32) + n * CLIPS_PER_CHUNK), partitions)
+            for n, chunk in enumerate(batched(clips, CLIPS_PER_CHUNK)):
+                write_partitioned(writer, _clip_table(chunk, (index << 32) + n * CLIPS_PER_CHUNK), partitions)
     except (ConfigError, OSError) as exc:  # no manifest header, unreadable file
         return f"{source.path}: {one_line(exc)}"
     return None
@@ -203,12 +203,12 @@ def _split_done(result_files: list[str], index: int, partitions: int, scratch: P
         except (pa.ArrowInvalid, OSError):
             unreadable += 1
     table = pa.table({"source_id": pc.unique(pa.chunked_array(ids, pa.string()))})
-    with pa.ipc.new_file(scratch / f"done-{index:06d}.arrow", _DONE_SCHEMA, options=_IPC) as writer:
-        _write_partitioned(writer, table, partitions)
+    with pa.ipc.new_file(scratch / f"done-{index:06d}.arrow", _DONE_SCHEMA, options=IPC_OPTIONS) as writer:
+        write_partitioned(writer, table, partitions)
     return unreadable
 
 
-def _read_partition(files: Iterable[Path], p: int, partitions: int, schema: pa.Schema) -> pa.Table:
+def read_partition(files: Iterable[Path], p: int, partitions: int, schema: pa.Schema) -> pa.Table:
     batches = []
     for path in sorted(files):
         with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
@@ -218,8 +218,8 @@ def _read_partition(files: Iterable[Path], p: int, partitions: int, schema: pa.S
 
 def _plan_partition(p: int, partitions: int, scratch: Path, write_todo: bool) -> dict[str, Any]:
     """Round 2 for partition `p`: first copies, minus the ids already written; counts."""
-    clips = _read_partition(scratch.glob("inputs-*.arrow"), p, partitions, _BUCKET_SCHEMA)
-    done = _read_partition(scratch.glob("done-*.arrow"), p, partitions, _DONE_SCHEMA)["source_id"]
+    clips = read_partition(scratch.glob("inputs-*.arrow"), p, partitions, _BUCKET_SCHEMA)
+    done = read_partition(scratch.glob("done-*.arrow"), p, partitions, _DONE_SCHEMA)["source_id"]
     firsts = clips.group_by("source_id", use_threads=False).aggregate([(ORDER, "min")])[f"{ORDER}_min"]
     unique = clips.filter(pc.is_in(clips[ORDER], value_set=firsts.combine_chunks()))
     is_done = pc.is_in(unique["source_id"], value_set=done.combine_chunks())
