@@ -1,6 +1,8 @@
 import csv
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from soraplan.core.cli import run_command
@@ -37,3 +39,43 @@ def write_manifest():
         return path
 
     return write
+
+
+class IndexedVideos:
+    """Videos whose every frame shows its own index as 8 black/white bands (bit b = band b), so a
+    frame read back from any cut or export says which source frame it is, through lossy encoding.
+    H.264 with a keyframe every `gop` frames and B-frames, as real footage has."""
+
+    bands = 8
+
+    def write(self, path: Path, frames: int, fps: int = 24, size: tuple[int, int] = (128, 64), gop: int = 12,
+              rotation: int = 0) -> Path:
+        width, height = size
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.gop_size = gop
+            stream.options = {"bf": "2", "sc_threshold": "0", "keyint_min": str(gop), "crf": "18"}
+            if rotation:
+                stream.set_display_rotation(rotation)
+            band = width // self.bands
+            for i in range(frames):
+                image = np.zeros((height, width, 3), np.uint8)
+                for b in range(self.bands):
+                    if i >> b & 1:
+                        image[:, b * band : (b + 1) * band] = 255
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+    def index(self, image: np.ndarray) -> int:
+        """The source index shown by a frame (H x W x 3, stored bands vertical)."""
+        band = image.shape[1] // self.bands
+        return sum(1 << b for b in range(self.bands) if image[:, b * band + band // 2].mean() > 127)
+
+
+@pytest.fixture(scope="session")
+def indexed_videos() -> IndexedVideos:
+    return IndexedVideos()

@@ -25,7 +25,7 @@ def test_curation_via_ray_job_submit(tmp_path, loopback_cluster):
     command = [cluster.ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".",
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "uv", "run", "--no-sync", "soraplan-curate", "run", "--config", "pipelines/configs/curate.yaml",
-               "--input", "examples/panda70m_demo.csv", "--out", str(out), "--address", "auto"]
+               "--input", str(REPO / "examples/panda70m_demo.csv"), "--out", str(out), "--address", "auto"]
     # The head's job agent comes up some time after `ray start` returns: seconds on an idle
     # machine, minutes on a loaded one.
     deadline = time.time() + 360
@@ -40,4 +40,5 @@ def test_curation_via_ray_job_submit(tmp_path, loopback_cluster):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inputs"] == 4 and summary["rows"] == len(rows) > 4
     assert {r["source_id"].split(":")[0] for r in rows} == {"bikes", "bigbuckbunny", "subtitled"}
+    assert all(Path(r["path"]).is_file() for r in rows)  # not into Ray's deleted copy of the working dir
     assert summary["kept"] >= 1 and summary["rejected_by_reason"].get("subtitles", 0) >= 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -214,20 +214,22 @@ def sample_frames(
 
 
 def write_video(
-    path: str | os.PathLike[str], frames: np.ndarray, fps: float, crf: int = 18
+    path: str | os.PathLike[str], frames: np.ndarray | Iterable[np.ndarray], fps: float, crf: int = 18
 ) -> Path:
-    """Encode uint8 RGB frames (T x H x W x 3, even H and W) to H.264 in an mp4."""
+    """Encode uint8 RGB frames (T x H x W x 3, or an iterable of H x W x 3; even H and W) to
+    H.264 in an mp4. An iterable is encoded as it comes, so a long clip never sits in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames of shape T x H x W x 3, got {frames.shape} {frames.dtype}")
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
-        for image in frames:
+        for i, image in enumerate(frames):
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected uint8 frames of shape H x W x 3, got {image.shape} {image.dtype}")
+            if i == 0:
+                stream.width, stream.height = image.shape[1], image.shape[0]
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -3,7 +3,8 @@
     soraplan-curate run --config C --input I --out O [--video-root D] [--address auto]
                         [--weights-dir W] [--plan-only] [key.path=value ...]       the job
     soraplan-curate report <out> [--to FILE] [--per-reason N]                      report.html
-    soraplan-curate export <out> --format osp|opensora --to FILE                   trainer annotations
+    soraplan-curate export <out> --format osp|opensora|opensora-scenes --to FILE [--cut-to DIR]
+                                                                                   trainer annotations
     soraplan-curate weights download --to DIR [--config C] [key.path=value ...]    fetch weights
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soraplan.core.cli import Command, console_main
+from soraplan.core.config import ConfigError
 from soraplan.curation.analyze import AnalyzeConfig
 from soraplan.curation.pipeline import CurateConfig, plan_only, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
@@ -42,7 +44,25 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after input planning and print its counts (inputs, duplicates, already done, errors)")
 
 
+def refuse_relative_paths_on_a_cluster(cfg: CurateConfig, weights_dir: str | None) -> None:
+    """A job that joins a cluster runs in Ray's copy of the submitter's working dir (deleted with
+    the job, absent on other nodes): a relative path would be written into the shards pointing
+    there. `ray job submit` sets RAY_ADDRESS, so a job joins the cluster even without --address."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "local":
+        return
+    inputs = cfg.input if isinstance(cfg.input, list) else [cfg.input]
+    named = [("--input", p) for p in inputs] + [("--video-root", cfg.video_root), ("--out", cfg.out),
+                                                ("--weights-dir", weights_dir)]
+    for flag, path in named:
+        if path and not os.path.isabs(path):
+            raise ConfigError(f"{flag} {path} is a relative path, and this job joins the Ray cluster at {address}, "
+                              f"where it runs in a temporary copy of the working dir that other nodes lack and Ray "
+                              f"deletes: give absolute paths on storage every node sees (e.g. \"$PWD/{path}\")")
+
+
 def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
+    refuse_relative_paths_on_a_cluster(cfg, args.weights_dir)
     if args.plan_only:
         return plan_only(cfg)
     if args.weights_dir:
@@ -65,15 +85,18 @@ def report(cfg: None, args: argparse.Namespace) -> Path:
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder of a curation run")
-    p.add_argument("--format", required=True, choices=["osp", "opensora"],
-                   help="osp: Open-Sora-Plan annotation JSON; opensora: Open-Sora CSV")
-    p.add_argument("--to", required=True, help="file to write")
+    p.add_argument("--format", required=True, choices=["osp", "opensora", "opensora-scenes"],
+                   help="osp: Open-Sora-Plan annotation JSON (+ its data list file); opensora: Open-Sora CSV "
+                   "of cut clips; opensora-scenes: path,timestamp per source for Open-Sora's scene_cut/cut.py")
+    p.add_argument("--to", required=True, help="file to write (.json for osp, .csv for the others)")
+    p.add_argument("--cut-to", help="folder for clip files: every kept span (opensora, required), or the clips "
+                   "Open-Sora-Plan cannot read in place (osp: other containers, rotated videos)")
 
 
 def export(cfg: None, args: argparse.Namespace) -> dict[str, Any]:
     from soraplan.curation.export import export_kept
 
-    return {"exported": export_kept(args.out, args.format, args.to), "to": args.to}
+    return export_kept(args.out, args.format, args.to, args.cut_to)
 
 
 def weights_arguments(p: argparse.ArgumentParser) -> None:
