@@ -5,6 +5,7 @@ default) or `stdit` (Open-Sora v1's STDiT; with temporal=False its PixArt-alpha 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,9 +59,7 @@ def model_class(layout: str) -> type[ModelMixin]:
 
 def load_dit(path: str | Path) -> ModelMixin:
     """A save_pretrained DiT directory, of whichever class saved it."""
-    from diffusers.configuration_utils import ConfigMixin
-
-    name = ConfigMixin.load_config(str(path)).get("_class_name")
+    name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
     return model_class("stdit" if name == "STDiT" else "skiparse").from_pretrained(str(path))
 
 

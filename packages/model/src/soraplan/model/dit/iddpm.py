@@ -69,8 +69,9 @@ def hybrid_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor, tex
         timesteps = seeded_timesteps(scheduler.config.num_train_timesteps, seeds)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    eps, var_values = model(noisy, timesteps, text_states, text_mask, latent_mask).float().chunk(2, 1)
-    mse = masked_mean((eps - noise.float()) ** 2, latent_mask)
+    out = model(noisy, timesteps, text_states, text_mask, latent_mask)
+    eps, var_values = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(2, 1)
+    mse = masked_mean((eps - noise.to(eps.dtype)) ** 2, latent_mask)
 
     tables = {k: v.to(latents.device)[timesteps].view(-1, 1, 1, 1, 1)
               for k, v in posterior_tables(scheduler).items()}

@@ -199,7 +199,7 @@ PIXART_KEYS = {
 # Fixed buffers we compute on the fly, and PixArt's learned null caption (we use the empty
 # prompt's T5 states as the null condition instead).
 PIXART_DROPPED = {"pos_embed", "pos_embed_temporal", "y_embedder.y_embedding"}
-_PIXART_PATTERNS = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + r"\.(.+)$"),
+_PIXART_PATTERNS = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + r"(\..+)?$"),
                      dst) for src, dst in PIXART_KEYS.items()]
 
 
@@ -221,7 +221,7 @@ def from_pixart_layout(state: dict[str, Tensor], patch_size_t: int = 1) -> dict[
             match = pattern.match(key)
             if match:
                 *index, suffix = match.groups()
-                out[dst.format(*index) + "." + suffix] = value
+                out[dst.format(*index) + (suffix or "")] = value
                 break
         else:
             raise KeyError(f"unexpected parameter {key!r} in a PixArt-alpha layout checkpoint")
