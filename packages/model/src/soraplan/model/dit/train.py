@@ -140,8 +140,11 @@ class DiTTrainer(Trainer):
         engine.backward(loss)
         engine.step()
         grad_norm = engine.get_global_grad_norm()
-        return {"loss": mean_over_ranks(loss).item(),
-                "grad_norm": math.nan if grad_norm is None else float(grad_norm), "lr": lr}
+        stats = {"loss": mean_over_ranks(loss).item(),
+                 "grad_norm": math.nan if grad_norm is None else float(grad_norm), "lr": lr}
+        if cfg.data.samples == "joint":  # which kind of batch this step trained on
+            stats["image_step"] = float(batch["latents"].shape[2] == 1)
+        return stats
 
     def extra_state(self) -> dict[str, object]:
         return {"sampler": self.sampler.state_dict()}
