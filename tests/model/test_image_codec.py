@@ -95,3 +95,22 @@ def test_encode_job_with_the_image_vae_and_a_stride(image_vae, tmp_path, torch_o
     assert (result["latent_t"], result["latent_h"], result["latent_w"]) == (6, 8, 8)
     write_index(cfg.out, [{k: v for k, v in result.items() if k != "error"}])
     assert LatentDataset(cfg.out).batch([0], [False])["latents"].shape == (1, 4, 6, 8, 8)
+
+
+def test_soraplan_sample_with_stdit_and_the_image_vae(image_vae, tmp_path, torch_one_thread):
+    from soraplan.core.video import probe
+    from soraplan.model.dit.configs import DiTModelConfig
+    from soraplan.model.sample import main
+
+    torch.manual_seed(0)
+    model = DiTModelConfig(name="stdit-tiny", overrides={"space_scale": 0.5}).build()
+    torch.nn.init.normal_(model.proj_out.weight, std=0.02)
+    model.save_pretrained(tmp_path / "stdit")
+    out = tmp_path / "video.mp4"
+    # 6 frames: any count with the image VAE (time factor 1); IDDPM sampling from the model.
+    main(["--checkpoint", str(tmp_path / "stdit"), "--prompt", "a grey card", "--out", str(out),
+          "--vae", str(image_vae), "--text-encoder", str(save_tiny_t5(tmp_path / "t5")),
+          "--max-text-length", "120", "--frames", "6", "--height", "32", "--width", "48",
+          "--steps", "3", "--cfg", "7.0", "--device", "cpu"])
+    info = probe(out)
+    assert (info.num_frames, info.width, info.height) == (6, 48, 32)
