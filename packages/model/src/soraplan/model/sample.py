@@ -85,9 +85,9 @@ def sample(cfg: SampleConfig) -> Path:
     """Sample every prompt with every seed; returns the video (one) or the folder (several)."""
     from soraplan.core.outputs import write_sample_index
     from soraplan.core.video import write_video
-    from soraplan.model.dit.codec import load_wfvae_codec
+    from soraplan.model.dit.codec import load_codec
+    from soraplan.model.dit.configs import load_dit
     from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
-    from soraplan.model.dit.modeling_skiparse import SkiparseDiT
 
     prompts, seeds = prompts_of(cfg), cfg.seeds or [cfg.seed]
     missing = [flag for flag, value in (("--checkpoint", cfg.checkpoint), ("--prompt or --prompts-file", prompts),
@@ -101,11 +101,11 @@ def sample(cfg: SampleConfig) -> Path:
         model_dir = resolve_pretrained(cfg.checkpoint, "DiT")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc} (--checkpoint)") from None
-    codec = load_wfvae_codec(cfg.vae, "--vae", device)
+    codec = load_codec(cfg.vae, "--vae", device)
     if (cfg.frames - 1) % codec.temporal_compression:
         raise ConfigError(f"--frames must be 1 + {codec.temporal_compression}n, got {cfg.frames}")
     states, mask = encode_prompts(cfg, [*prompts, ""], device)
-    model = SkiparseDiT.from_pretrained(model_dir).to(device).eval()
+    model = load_dit(model_dir).to(device).eval()
     s = codec.spatial_compression
     latent_shape = (codec.latent_channels, 1 + (cfg.frames - 1) // codec.temporal_compression,
                     cfg.height // s, cfg.width // s)
@@ -119,7 +119,7 @@ def sample(cfg: SampleConfig) -> Path:
     for i, prompt in enumerate(prompts):
         for seed in seeds:
             latents = sample_latents(
-                model, DiffusionConfig().sample_scheduler(), latent_shape,
+                model, DiffusionConfig.for_model(model).sample_scheduler(), latent_shape,
                 states[i : i + 1].to(device), mask[i : i + 1].to(device),
                 states[-1:].to(device), mask[-1:].to(device), cfg.steps, cfg.cfg, seed)
             video = codec.decode(latents)[0]  # (3, T, H, W) in [-1, 1]

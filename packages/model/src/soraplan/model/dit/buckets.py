@@ -1,9 +1,10 @@
 """Bucketing clips by (T, H, W) for joint image-video training.
 
 A clip is resized to an area between `min_hxw` and `max_hxw` pixels keeping its aspect ratio,
-centre-cropped to multiples of `hw_stride`, resampled to `train_fps`, and cut to the largest
-T = 1 + 4n frames within `num_frames` (the VAE compresses time 4x after the first frame).
-Images are T = 1 samples.
+centre-cropped to multiples of `hw_stride`, resampled to `train_fps` (or, with `frame_stride`,
+every n-th source frame as Open-Sora v1 takes them), and cut to the largest T = 1 + k n frames
+within `num_frames`, k being the codec's time factor (WF-VAE: 4, it compresses time 4x after the
+first frame; a per-frame image VAE: 1, any T). Images are T = 1 samples.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class BucketConfig:
     train_fps: PositiveFloat = 16.0
     num_frames: PositiveInt = 93  # at most; cut to 1 + 4n
     min_num_frames: PositiveInt = 29  # shorter clips are skipped; images (1 frame) always pass
+    # Take every n-th source frame instead of resampling to train_fps (Open-Sora v1: 16 frames
+    # every 3rd, 64 frames every 2nd).
+    frame_stride: PositiveInt | None = None
 
     def validate(self) -> None:
         if self.min_hxw > self.max_hxw:
@@ -48,9 +52,10 @@ def resize_for_area(width: int, height: int, min_hxw: int, max_hxw: int) -> tupl
     return round(width * scale), round(height * scale)
 
 
-def plan_clip(width: int, height: int, num_frames: int, fps: float,
-              cfg: BucketConfig) -> ClipPlan | None:
-    """The bucket and frame times of a clip (`num_frames` == 1 for an image), or None to skip."""
+def plan_clip(width: int, height: int, num_frames: int, fps: float, cfg: BucketConfig,
+              temporal_factor: int = 4) -> ClipPlan | None:
+    """The bucket and frame times of a clip (`num_frames` == 1 for an image), or None to skip.
+    `temporal_factor`: the codec's time compression (T is cut to 1 + temporal_factor * n)."""
     new_w, new_h = resize_for_area(width, height, cfg.min_hxw, cfg.max_hxw)
     crop_w, crop_h = new_w // cfg.hw_stride * cfg.hw_stride, new_h // cfg.hw_stride * cfg.hw_stride
     if crop_w == 0 or crop_h == 0:
@@ -59,12 +64,16 @@ def plan_clip(width: int, height: int, num_frames: int, fps: float,
         return ClipPlan((1, crop_h, crop_w), (new_w, new_h), (0.0,))
     if fps <= 0:  # a video without a usable frame rate cannot be resampled
         return None
-    # Frames available at train_fps; a clip slower than train_fps keeps its own frames.
-    step_s = 1.0 / min(fps, cfg.train_fps)
-    available = int(math.floor(num_frames / fps / step_s + 1e-6))
+    if cfg.frame_stride is not None:
+        step_s = cfg.frame_stride / fps
+        available = (num_frames - 1) // cfg.frame_stride + 1
+    else:  # frames available at train_fps; a clip slower than train_fps keeps its own frames
+        step_s = 1.0 / min(fps, cfg.train_fps)
+        available = int(math.floor(num_frames / fps / step_s + 1e-6))
     if available < cfg.min_num_frames:
         return None
-    frames = (min(available, cfg.num_frames) - 1) // 4 * 4 + 1
+    k = temporal_factor
+    frames = (min(available, cfg.num_frames) - 1) // k * k + 1
     return ClipPlan((frames, crop_h, crop_w), (new_w, new_h),
                     tuple(i * step_s for i in range(frames)))
 

@@ -50,3 +50,14 @@ def load_wfvae_codec(pretrained: str, config_key: str, device: str | torch.devic
     from soraplan.model.vae.configs import load_pretrained
 
     return WFVAECodec(load_pretrained(pretrained, config_key=config_key).to(device), chunk_frames)
+
+
+def load_codec(pretrained: str, config_key: str, device: str | torch.device = "cpu",
+               chunk_frames: int | None = None) -> LatentCodec:
+    """The codec saved at `pretrained`: a diffusers AutoencoderKL (Open-Sora v1's per-frame image
+    VAE, `image_codec`) or a WF-VAE; errors name `config_key`."""
+    from soraplan.model.dit.image_codec import is_image_vae, load_image_vae_codec
+
+    if is_image_vae(pretrained):
+        return load_image_vae_codec(pretrained, config_key, device, chunk_frames)
+    return load_wfvae_codec(pretrained, config_key, device, chunk_frames)

@@ -7,6 +7,11 @@ recipe) or not at all. With zero terminal SNR the Min-SNR weight of v-prediction
 layout is decided get little gradient: small models trained briefly learn colours but not
 shapes or motion there, and train better unweighted (`loss_weighting: none`).
 Sampling: Euler-Ancestral with trailing timestep spacing and classifier-free guidance.
+
+`kind: iddpm` is Open-Sora v1's recipe instead (`dit/iddpm.py`): linear betas without the
+zero-SNR rescale, the model predicts the noise and a variance interpolation (2C channels), hybrid
+loss = noise MSE + the variational-bound term; sampled by diffusers' DDPMScheduler with
+`variance_type="learned_range"` on evenly spaced steps (Open-Sora: 100 steps, guidance 7.0).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ if TYPE_CHECKING:  # importing diffusers costs seconds; the config needs it only
 
 @dataclass
 class DiffusionConfig:
+    # v_prediction: zero terminal SNR, v-MSE (Open-Sora-Plan); iddpm: noise + learned variance
+    # with the hybrid loss (Open-Sora v1; the model must have learn_sigma).
+    kind: Literal["v_prediction", "iddpm"] = "v_prediction"
     num_train_timesteps: PositiveInt = 1000
     beta_start: Annotated[float, Range(gt=0, lt=1)] = 1e-4
     beta_end: Annotated[float, Range(gt=0, lt=1)] = 0.02
@@ -42,20 +50,50 @@ class DiffusionConfig:
         """The gamma `diffusion_loss` weights with; None for an unweighted loss."""
         return self.snr_gamma if self.loss_weighting == "min_snr" else None
 
+    @classmethod
+    def for_model(cls, model: nn.Module) -> DiffusionConfig:
+        """The default diffusion of a model: iddpm when it predicts a variance."""
+        return cls(kind="iddpm" if model.config.get("learn_sigma", False) else "v_prediction")
+
     def _schedule(self) -> dict[str, object]:
-        return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
-                    beta_end=self.beta_end, beta_schedule="linear", rescale_betas_zero_snr=True,
-                    prediction_type="v_prediction", timestep_spacing="trailing")
+        common = dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
+                      beta_end=self.beta_end, beta_schedule="linear")
+        if self.kind == "iddpm":  # linspace = IDDPM's respacing (0, 10, ..., 999 for 100 steps)
+            return dict(common, prediction_type="epsilon", variance_type="learned_range",
+                        clip_sample=False, timestep_spacing="linspace")
+        return dict(common, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                    timestep_spacing="trailing")
 
     def train_scheduler(self) -> DDPMScheduler:
         from diffusers import DDPMScheduler
 
         return DDPMScheduler(**self._schedule())
 
-    def sample_scheduler(self) -> EulerAncestralDiscreteScheduler:
+    def sample_scheduler(self) -> EulerAncestralDiscreteScheduler | DDPMScheduler:
+        if self.kind == "iddpm":
+            return self.train_scheduler()
         from diffusers import EulerAncestralDiscreteScheduler
 
         return EulerAncestralDiscreteScheduler(**self._schedule())
+
+    def check_model(self, model: nn.Module, key: str = "model") -> None:
+        """iddpm needs a model predicting the variance (learn_sigma); v_prediction one that does not."""
+        learns = bool(model.config.get("learn_sigma", False))
+        if learns != (self.kind == "iddpm"):
+            raise ConfigError(f"diffusion.kind {self.kind} does not fit {key} (learn_sigma="
+                              f"{learns}); use kind iddpm exactly for models with learn_sigma")
+
+    def loss(self, model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
+             text_states: Tensor, text_mask: Tensor | None, seeds: list[int],
+             latent_mask: Tensor | None = None, timesteps: Tensor | None = None) -> Tensor:
+        """Per-sample training loss (B,) of this kind."""
+        if self.kind == "iddpm":
+            from soraplan.model.dit.iddpm import hybrid_loss
+
+            return hybrid_loss(model, scheduler, latents, text_states, text_mask, seeds,
+                               latent_mask, timesteps)
+        return diffusion_loss(model, scheduler, latents, text_states, text_mask, seeds,
+                              self.min_snr_gamma(), latent_mask, timesteps)
 
 
 def seeded_normal(shape: tuple[int, ...], seeds: list[int]) -> Tensor:
@@ -77,6 +115,14 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -
     return snr.clamp(max=gamma) / (snr + 1)
 
 
+def masked_mean(values: Tensor, latent_mask: Tensor | None) -> Tensor:
+    """Per-sample mean (B,) of (B, C, T, H, W) values over real latents."""
+    if latent_mask is None:
+        return values.flatten(1).mean(1)
+    mask = latent_mask[:, None].expand_as(values).to(values.dtype)
+    return (values * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+
+
 def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
                    text_states: Tensor, text_mask: Tensor | None, seeds: list[int],
                    snr_gamma: float | None = 5.0, latent_mask: Tensor | None = None,
@@ -91,12 +137,7 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     pred = model(noisy, timesteps, text_states, text_mask, latent_mask)
-    err = (pred.float() - target.float()) ** 2
-    if latent_mask is None:
-        per_sample = err.flatten(1).mean(1)
-    else:
-        mask = latent_mask[:, None].expand_as(err).float()
-        per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+    per_sample = masked_mean((pred.float() - target.float()) ** 2, latent_mask)
     if snr_gamma is None:
         return per_sample
     return per_sample * min_snr_weights(scheduler, timesteps, snr_gamma).float()
@@ -108,7 +149,9 @@ def sample_latents(model: nn.Module, scheduler: EulerAncestralDiscreteScheduler,
                    null_states: Tensor, null_mask: Tensor, steps: int, guidance_scale: float,
                    seed: int) -> Tensor:
     """Denoise from noise with CFG: v = v_null + scale * (v_text - v_null).
-    text_states (B, L, D) and null_states (B, L, D) are the prompt and empty-prompt states."""
+    text_states (B, L, D) and null_states (B, L, D) are the prompt and empty-prompt states.
+    A model predicting a variance too (2C channels) is guided on its noise channels only; the
+    variance is the prompt's."""
     generator = torch.Generator().manual_seed(seed)
     batch = text_states.shape[0]
     device = text_states.device
@@ -122,6 +165,8 @@ def sample_latents(model: nn.Module, scheduler: EulerAncestralDiscreteScheduler,
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         v_null, v_text = model(model_in, t.expand(2 * batch).to(device), states, mask).chunk(2)
-        v = v_null + guidance_scale * (v_text - v_null)
+        c = latent_shape[0]
+        v = torch.cat([v_null[:, :c] + guidance_scale * (v_text[:, :c] - v_null[:, :c]),
+                       v_text[:, c:]], dim=1)
         latents = scheduler.step(v, t, latents, generator=generator).prev_sample
     return latents

@@ -37,7 +37,7 @@ from soraplan.core.ray_session import RayConfig
 from soraplan.core.schema import STATUS_KEPT, read_clip_table
 from soraplan.core.video import VideoDecodeError, sample_frames
 from soraplan.model.dit.buckets import BucketConfig, ClipPlan, latent_shape, plan_clip
-from soraplan.model.dit.codec import LatentCodec, load_wfvae_codec
+from soraplan.model.dit.codec import LatentCodec, load_codec
 from soraplan.model.dit.data import (
     INDEX_DIR,
     LATENT_INDEX_SCHEMA,
@@ -56,7 +56,8 @@ ERROR_SCHEMA = pa.schema([pa.field("clip_id", pa.string()), pa.field("error", pa
 class EncodeConfig:
     shards: str | None = None  # curated output folder (<shards>/clips/*.parquet)
     out: str = "data/latents"
-    vae: str | None = None  # WF-VAE directory written by save_pretrained, or HF id
+    # WF-VAE or AutoencoderKL (per-frame image VAE, Open-Sora v1) save_pretrained dir or HF id
+    vae: str | None = None
     vae_chunk_frames: PositiveInt | None = 16  # encode this many frames at a time (bounds memory)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     buckets: BucketConfig = field(default_factory=BucketConfig)
@@ -68,14 +69,15 @@ class EncodeConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def plan_for_row(row: dict[str, Any], cfg: BucketConfig) -> ClipPlan | None:
+def plan_for_row(row: dict[str, Any], cfg: BucketConfig,
+                 temporal_factor: int = 4) -> ClipPlan | None:
     """The bucket plan of a clip row (its crop applied), or None when it is skipped."""
     x0, x1, y0, y1 = row.get("crop") or [0, row["width"], 0, row["height"]]
     fps = float(row["fps"] or 0.0)
     num_frames = row.get("num_frames")
     if not num_frames:
         num_frames = max(1, math.floor((row["end_s"] - row["start_s"]) * fps))
-    return plan_clip(x1 - x0, y1 - y0, int(num_frames), fps, cfg)
+    return plan_clip(x1 - x0, y1 - y0, int(num_frames), fps, cfg, temporal_factor)
 
 
 def decode_clip(row: dict[str, Any], plan: ClipPlan) -> np.ndarray:
@@ -92,9 +94,10 @@ def decode_clip(row: dict[str, Any], plan: ClipPlan) -> np.ndarray:
     return video.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def clip_frames(row: dict[str, Any], cfg: BucketConfig) -> tuple[ClipPlan, np.ndarray] | None:
+def clip_frames(row: dict[str, Any], cfg: BucketConfig,
+                temporal_factor: int = 4) -> tuple[ClipPlan, np.ndarray] | None:
     """Decode a clip row into its bucket: (plan, frames), or None when it is skipped."""
-    plan = plan_for_row(row, cfg)
+    plan = plan_for_row(row, cfg, temporal_factor)
     return None if plan is None else (plan, decode_clip(row, plan))
 
 
@@ -111,7 +114,7 @@ class LatentEncoder:
                  text_encoder: TextEncoder | None = None) -> None:
         self.cfg = cfg
         # Both load (and fail) before any clip is touched.
-        self.codec = codec or load_wfvae_codec(cfg.vae, "vae", cfg.device, cfg.vae_chunk_frames)
+        self.codec = codec or load_codec(cfg.vae, "vae", cfg.device, cfg.vae_chunk_frames)
         self.text_encoder = text_encoder or cfg.text_encoder.build(cfg.device)
         null_states, null_mask = self.text_encoder.encode([""])
         write_null_text(cfg.out, null_states[0][null_mask[0]])
@@ -122,7 +125,7 @@ class LatentEncoder:
             clip_id = row["clip_id"]
             caption = row.get(self.cfg.caption_column) or ""
             try:
-                decoded = clip_frames(row, self.cfg.buckets)
+                decoded = clip_frames(row, self.cfg.buckets, self.codec.temporal_compression)
             except VideoDecodeError as exc:
                 results.append({"clip_id": clip_id, "error": str(exc)})
                 continue
@@ -146,7 +149,7 @@ class ClipDataset:
         self.codec, self.text_cache, self.device = codec, text_cache, device
         self.rows, self.plans = [], []
         for row in read_clip_table(shards, status=STATUS_KEPT).to_pylist():
-            plan = plan_for_row(row, buckets)
+            plan = plan_for_row(row, buckets, codec.temporal_compression)
             if plan is not None:
                 self.rows.append(row)
                 self.plans.append(plan)
@@ -163,9 +166,12 @@ class ClipDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, indices: list[int], drop_caption: list[bool]) -> dict[str, torch.Tensor]:
+    def batch(self, indices: list[int], drop_caption: list[bool],
+              first_frame: list[bool] | None = None) -> dict[str, torch.Tensor]:
         latents = [encode_frames(self.codec, decode_clip(self.rows[i], self.plans[i]), self.device)
                    for i in indices]
+        if first_frame:
+            latents = [z[:, :1] if first else z for z, first in zip(latents, first_frame)]
         captions = ["" if drop else self.captions[i] for i, drop in zip(indices, drop_caption)]
         text_states, text_mask = self.text_cache.get(captions)
         return {"latents": torch.stack(latents).cpu(), "text_states": text_states,

@@ -70,3 +70,44 @@ class BucketBatchSampler:
         if state["seed"] != self.seed or state["batches_per_epoch"] != self.batches_per_epoch:
             raise ValueError(f"sampler state {state} does not belong to this dataset/seed")
         self.step = state["step"]
+
+
+class JointBatchSampler:
+    """Joint image+video training: at each step a draw from (seed, step) picks an image batch
+    with probability `image_share`, else a video batch; image (T = 1) and video buckets are served
+    by their own `BucketBatchSampler`s, whose positions are saved, so resume stays exact."""
+
+    def __init__(self, bucket_of: Sequence[tuple[int, int, int]], global_batch: int,
+                 image_share: float, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 min_bucket_batches: float = 1.0) -> None:
+        if not 0 < image_share < 1:
+            raise ValueError(f"image_share must be in (0, 1), got {image_share}")
+        self.image_share, self.seed = image_share, seed
+        self.index: dict[str, np.ndarray] = {
+            "images": np.array([i for i, b in enumerate(bucket_of) if b[0] == 1]),
+            "videos": np.array([i for i, b in enumerate(bucket_of) if b[0] > 1])}
+        self.samplers = {kind: BucketBatchSampler([bucket_of[i] for i in index], global_batch, rank,
+                                                  world_size, seed, min_bucket_batches)
+                         for kind, index in self.index.items()}
+        self.step = 0
+
+    def kind_at(self, step: int) -> str:
+        draw = np.random.default_rng([self.seed, step, 1]).random()
+        return "images" if draw < self.image_share else "videos"
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            kind = self.kind_at(self.step)
+            sampler = self.samplers[kind]
+            batch = self.index[kind][sampler.batch_at(sampler.step)].tolist()
+            sampler.step += 1
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, object]:
+        return {"step": self.step, **{k: s.state_dict() for k, s in self.samplers.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.step = state["step"]
+        for kind, sampler in self.samplers.items():
+            sampler.load_state_dict(state[kind])

@@ -1,5 +1,6 @@
-"""Skiparse DiT training on the shared trainer (`soraplan.core.train.Trainer`): bucketed latent
-batches, v-prediction with Min-SNR, optional EMA samples in TensorBoard.
+"""DiT training on the shared trainer (`soraplan.core.train.Trainer`): bucketed latent batches
+(clips, their first frames as images, or both), v-prediction with Min-SNR or IDDPM's hybrid loss,
+optional EMA samples in TensorBoard.
 
 Every sample's noise, timestep and caption dropout come from its own seed (run seed + global
 sample position), so a run is the same whatever the number of ranks sharing the global batch.
@@ -18,12 +19,13 @@ from soraplan.core.train.config import OptimizerConfig, TrainerConfig
 from soraplan.core.train.distributed import mean_over_ranks
 from soraplan.core.train.trainer import Trainer
 from soraplan.model.dit.buckets import BucketConfig
-from soraplan.model.dit.codec import load_wfvae_codec
+from soraplan.core.schema import read_clip_table
+from soraplan.model.dit.codec import load_codec
 from soraplan.model.dit.configs import DiTModelConfig
-from soraplan.model.dit.data import LatentDataset
-from soraplan.model.dit.diffusion import DiffusionConfig, diffusion_loss, sample_latents
+from soraplan.model.dit.data import ClipSelection, LatentDataset, Samples, TrainingSamples
+from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
 from soraplan.model.dit.encode import ClipDataset
-from soraplan.model.dit.sampler import BucketBatchSampler
+from soraplan.model.dit.sampler import BucketBatchSampler, JointBatchSampler
 from soraplan.model.dit.text import TextEmbeddingCache
 
 
@@ -35,14 +37,28 @@ class DiTDataConfig:
     # Drop buckets holding fewer global batches than this.
     min_bucket_batches: Annotated[float, Range(ge=1)] = 1.0
     caption_dropout: UnitFloat = 0.1  # share of captions replaced by the empty prompt
-    # Only for source=clips:
+    # images: the first latent frame of every clip (text-to-image stage); joint: clips and those
+    # images, `image_share` of the steps on images (image+video training).
+    samples: Samples = "clips"
+    image_share: Annotated[float, Range(gt=0, lt=1)] = 0.25
+    select: ClipSelection = field(default_factory=ClipSelection)  # needs shards (its columns)
+    # For source=clips, and for `select` (the curated columns):
     shards: str | None = None  # curated output folder (<shards>/clips/*.parquet)
-    vae: str | None = None  # WF-VAE save_pretrained directory
+    # Only for source=clips:
+    vae: str | None = None  # WF-VAE or AutoencoderKL save_pretrained directory
     text_cache: str | None = None  # TextEmbeddingCache holding every caption and ""
     buckets: BucketConfig = field(default_factory=BucketConfig)
     caption_column: str = "caption"
 
-    def build(self, device: torch.device) -> LatentDataset | ClipDataset:
+    def build(self, device: torch.device) -> TrainingSamples:
+        keep_ids = None
+        if self.select.active():
+            if not self.shards:
+                raise ConfigError("data.select needs data.shards (the curated clips' columns)")
+            keep_ids = self.select.clip_ids(read_clip_table(self.shards), self.caption_column)
+        return TrainingSamples(self.build_dataset(device), self.samples, keep_ids)
+
+    def build_dataset(self, device: torch.device) -> LatentDataset | ClipDataset:
         if self.source == "latents":
             if not self.root:
                 raise ConfigError("no training data: set data.root to latent shards (soraplan-dit "
@@ -53,7 +69,7 @@ class DiTDataConfig:
                    if not getattr(self, key)]
         if missing:
             raise ConfigError(f"no training data: data.source=clips needs {', '.join(missing)}")
-        codec = load_wfvae_codec(self.vae, "data.vae", device)
+        codec = load_codec(self.vae, "data.vae", device)
         return ClipDataset(self.shards, self.buckets, codec, TextEmbeddingCache(self.text_cache),
                            self.caption_column, device)
 
@@ -68,7 +84,7 @@ class TrainDiTConfig(TrainerConfig):
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample_every: NonNegativeInt = 0  # steps between EMA samples of the first caption; 0: off
     sample_steps: PositiveInt = 20  # denoising steps of those samples
-    sample_vae: str | None = None  # WF-VAE dir to decode samples; None logs latent previews
+    sample_vae: str | None = None  # VAE dir to decode samples; None logs latent previews
 
 
 def sample_seeds(run_seed: int, step: int, global_batch: int, rank: int, count: int) -> list[int]:
@@ -92,10 +108,17 @@ class DiTTrainer(Trainer):
             raise ConfigError(f"data.global_batch {cfg.data.global_batch} is not divisible by the "
                               f"{self.world_size} processes")
         self.dataset = cfg.data.build(self.device)
-        self.sampler = BucketBatchSampler(self.dataset.bucket_of, cfg.data.global_batch, self.rank,
-                                          self.world_size, cfg.seed, cfg.data.min_bucket_batches)
+        if cfg.data.samples == "joint":
+            self.sampler = JointBatchSampler(self.dataset.bucket_of, cfg.data.global_batch,
+                                             cfg.data.image_share, self.rank, self.world_size,
+                                             cfg.seed, cfg.data.min_bucket_batches)
+        else:
+            self.sampler = BucketBatchSampler(self.dataset.bucket_of, cfg.data.global_batch,
+                                              self.rank, self.world_size, cfg.seed,
+                                              cfg.data.min_bucket_batches)
         self.batches = iter(self.sampler)  # serves the batch at the sampler's (resumed) position
         self.model = cfg.model.build()
+        cfg.diffusion.check_model(self.model)
         optimizer = cfg.optimizer.build(self.model.parameters())
         self.engines["model"] = self.initialize(
             self.model, optimizer, cfg.data.global_batch // self.world_size,
@@ -110,15 +133,18 @@ class DiTTrainer(Trainer):
         batch = self.dataset.batch(next(self.batches),
                                    dropped_captions(seeds, cfg.data.caption_dropout))
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        loss = diffusion_loss(engine, self.noise_scheduler, batch["latents"].to(self.dtype),
-                              batch["text_states"].to(self.dtype), batch["text_mask"], seeds,
-                              cfg.diffusion.min_snr_gamma()).mean()
+        loss = cfg.diffusion.loss(engine, self.noise_scheduler, batch["latents"].to(self.dtype),
+                                  batch["text_states"].to(self.dtype), batch["text_mask"],
+                                  seeds).mean()
         lr = engine.get_lr()[0]  # the rate of this step (engine.step moves the schedule on)
         engine.backward(loss)
         engine.step()
         grad_norm = engine.get_global_grad_norm()
-        return {"loss": mean_over_ranks(loss).item(),
-                "grad_norm": math.nan if grad_norm is None else float(grad_norm), "lr": lr}
+        stats = {"loss": mean_over_ranks(loss).item(),
+                 "grad_norm": math.nan if grad_norm is None else float(grad_norm), "lr": lr}
+        if cfg.data.samples == "joint":  # which kind of batch this step trained on
+            stats["image_step"] = float(batch["latents"].shape[2] == 1)
+        return stats
 
     def extra_state(self) -> dict[str, object]:
         return {"sampler": self.sampler.state_dict()}
@@ -148,7 +174,7 @@ class DiTTrainer(Trainer):
             null["text_states"].to(device), null["text_mask"].to(device),
             cfg.sample_steps, cfg.diffusion.guidance_scale, cfg.seed)
         if cfg.sample_vae:
-            codec = load_wfvae_codec(cfg.sample_vae, "sample_vae", device)
+            codec = load_codec(cfg.sample_vae, "sample_vae", device)
             video = codec.decode(latents)[0].transpose(0, 1)  # (T, 3, H, W) in [-1, 1]
             frames = (video.float().cpu() + 1) / 2
         else:
