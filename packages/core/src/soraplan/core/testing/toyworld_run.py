@@ -31,6 +31,9 @@ from soraplan.core.schema import read_clip_table
 from soraplan.core.testing.toyworld import FPS, SHOT_FRAMES, SIZE, WorldConfig, all_captions, check_samples
 
 log = logging.getLogger(__name__)
+# Models this small run fastest on one torch thread; two threads on two shared cores wait on
+# each other and ran 10-40x slower under load.
+TRAIN_THREADS = 1
 
 
 @dataclass
@@ -135,7 +138,7 @@ class ToyRun:
             "optimizer": {"lr": 1e-3, "warmup_steps": 50},
             "ema": {"decay": 0.999},
             "checkpoint": {"every": 500, "keep_last": 1},
-            "video_every": 0, "log_every": 50,
+            "video_every": 0, "log_every": 50, "cpu_threads": TRAIN_THREADS,
         }
         self.job("vae", ["soraplan-vae", "train", *self.cfg.vae], config)
 
@@ -173,7 +176,7 @@ class ToyRun:
             "diffusion": {"loss_weighting": "none"},
             "ema": {"decay": 0.999},
             "checkpoint": {"every": 1000, "keep_last": 1},
-            "zero_stage": 0, "log_every": 100,
+            "zero_stage": 0, "log_every": 100, "cpu_threads": TRAIN_THREADS,
         }
         self.job("dit", ["soraplan-dit", "train", *self.cfg.dit], config)
 
