@@ -1,6 +1,8 @@
 """Settings every test run shares, and synthetic media (good videos and every kind of bad input)."""
 
 import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -107,3 +109,22 @@ def bad_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+
+
+@pytest.fixture
+def output_held_elsewhere():
+    """`hold(out)`: another process that holds `out`'s job lock (as a running job does) until
+    the test ends; returns the process."""
+    holders: list[subprocess.Popen] = []
+
+    def hold(out: Path) -> subprocess.Popen:
+        code = ("import time\nfrom soraplan.core.outputs import exclusive_output\n"
+                f"with exclusive_output({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(300)\n")
+        holders.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
+        assert holders[-1].stdout.readline().strip() == "held"
+        return holders[-1]
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

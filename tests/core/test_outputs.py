@@ -1,9 +1,13 @@
+import os
+import signal
+
 import pyarrow as pa
 import pytest
 
 from soraplan.core.config import ConfigError
 from soraplan.core.outputs import (
     done_ids,
+    exclusive_output,
     move_partial_files,
     prepare_output_dir,
     read_results,
@@ -33,3 +37,15 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a folder"):
         prepare_output_dir(tmp_path / "file")
+
+
+def test_a_second_job_into_the_same_output_is_refused_until_the_first_dies(tmp_path, output_held_elsewhere):
+    out = tmp_path / "out"
+    holder = output_held_elsewhere(out)
+    with pytest.raises(ConfigError, match=rf"being written by another job \(pid {holder.pid} on "):
+        with exclusive_output(out):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with exclusive_output(out) as folder:  # a killed job leaves no lock behind
+        assert folder == out and f"pid {os.getpid()} " in (out / ".lock").read_text()

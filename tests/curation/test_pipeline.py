@@ -213,3 +213,14 @@ def test_late_duplicate_rows_are_dropped_from_the_newer_file(local_ray, tmp_path
     assert counts["later_copies"] == 2 and counts["rows"] == 3 and counts["sources"] == 2
     assert counts["status"] == {"kept": 3} and counts["kept_video_seconds"] == 6.0
     assert counts["stage_wall_seconds"] == {"cuts": 1.5} and not (tmp_path / "scratch").exists()
+
+
+def test_a_concurrent_job_into_the_same_output_stops_in_one_line(tmp_path, curate, capsys, output_held_elsewhere):
+    out = tmp_path / "out"
+    holder = output_held_elsewhere(out)  # as a running job holds it
+    code = curate("run", "--config", REPO / "pipelines/configs/curate.yaml", "--input", REPO / "examples",
+                  "--out", out)
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"being written by another job (pid {holder.pid} " in err
+    assert not (out / "run.yaml").exists()  # the running job's config is left alone

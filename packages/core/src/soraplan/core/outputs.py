@@ -4,6 +4,7 @@
     <out>/<results>/      Parquet files, each written atomically (hidden temp file, fsync, rename)
     <out>/partial/        files a killed run left unreadable, moved aside on the next run
     <out>/summary.json    counts of the last run
+    <out>/.lock           held (flock) by the job writing the folder; names it
 
 Resume is keyed on ids: a rerun reads the id column of the complete result files and does only
 the inputs whose ids are missing. Result files are only ever added.
@@ -11,13 +12,15 @@ the inputs whose ids are missing. Result files are only ever added.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from soraplan.core.schema import shard_files, write_table_atomic
 log = logging.getLogger(__name__)
 
 PARTIAL_DIR = "partial"
+LOCK_FILE = ".lock"
 
 
 def prepare_output_dir(out: str | os.PathLike[str], cfg: Any = None) -> Path:
@@ -44,6 +48,28 @@ def prepare_output_dir(out: str | os.PathLike[str], cfg: Any = None) -> Path:
     if cfg is not None:
         dump_yaml(cfg, out / "run.yaml")
     return out
+
+
+@contextlib.contextmanager
+def exclusive_output(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the output folder and hold `<out>/.lock` while a job writes it. A second job into
+    the same folder stops at once with a ConfigError that names the holder. The lock is the
+    kernel's (flock), so a killed job leaves none behind."""
+    import fcntl
+
+    out = prepare_output_dir(out)
+    with open(out / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "a process"
+            raise ConfigError(f"output {out} is being written by another job ({holder}); "
+                              "wait for it to finish or choose another --out") from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield out
 
 
 def move_partial_files(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:

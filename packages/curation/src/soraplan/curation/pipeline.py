@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.inputs import InputSource, expand_inputs
-from soraplan.core.outputs import move_partial_files, prepare_output_dir, write_json_atomic
+from soraplan.core.outputs import exclusive_output, move_partial_files, prepare_output_dir, write_json_atomic
 from soraplan.core.ray_session import RayConfig
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.finalize import finalize_output
@@ -145,25 +145,26 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     # Set the stages up once in the driver first: a missing weight fails here, before any data.
     analyzer = ClipAnalyzer(cfg.analyze)
     sources = expand_inputs(cfg.input)
-    out = prepare_output_dir(cfg.out, cfg)
-    clips_dir = out / "clips"
-    # Exists from the start, so readers of <out> never take the planning scratch for results.
-    clips_dir.mkdir(exist_ok=True)
-    move_partial_files(clips_dir, out)
-    ray = cfg.ray.init()
-    shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # a killed run's scratch
-    planned = _plan(cfg, ray, sources, out / PLAN_DIR / "run", write_todo=True)
-    try:
-        if planned.todo:
-            _run_ray(cfg, ray, planned.work_units(cfg.ray.batch_size), clips_dir, analyzer.schema)
-        counts = finalize_output(ray, clips_dir, out / PLAN_DIR / "finalize", cfg.analyze)
-    finally:
-        shutil.rmtree(out / PLAN_DIR, ignore_errors=True)
-    if counts["later_copies"]:
-        log.info("dropped %d later copies of clip ids (a killed run's late writes)", counts["later_copies"])
-    summary = summary_from_counts(counts, cfg, inputs=planned.inputs, duplicates=planned.duplicates,
-                                  wall_s=time.time() - started)
-    write_json_atomic(out / "summary.json", summary)
+    with exclusive_output(cfg.out) as out:
+        prepare_output_dir(out, cfg)
+        clips_dir = out / "clips"
+        # Exists from the start, so readers of <out> never take the planning scratch for results.
+        clips_dir.mkdir(exist_ok=True)
+        move_partial_files(clips_dir, out)
+        ray = cfg.ray.init()
+        shutil.rmtree(out / PLAN_DIR, ignore_errors=True)  # a killed run's scratch
+        planned = _plan(cfg, ray, sources, out / PLAN_DIR / "run", write_todo=True)
+        try:
+            if planned.todo:
+                _run_ray(cfg, ray, planned.work_units(cfg.ray.batch_size), clips_dir, analyzer.schema)
+            counts = finalize_output(ray, clips_dir, out / PLAN_DIR / "finalize", cfg.analyze)
+        finally:
+            shutil.rmtree(out / PLAN_DIR, ignore_errors=True)
+        if counts["later_copies"]:
+            log.info("dropped %d later copies of clip ids (a killed run's late writes)", counts["later_copies"])
+        summary = summary_from_counts(counts, cfg, inputs=planned.inputs, duplicates=planned.duplicates,
+                                      wall_s=time.time() - started)
+        write_json_atomic(out / "summary.json", summary)
     return summary
 
 
