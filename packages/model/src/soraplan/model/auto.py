@@ -27,17 +27,15 @@ def write_class_module(directory: str | os.PathLike[str], cls: type) -> str:
 
 
 class AutoModelFiles:
-    """Mixin placed before ModelMixin: `save_pretrained` also writes the module file that
-    config.json's `auto_map` names, so `AutoModel.from_pretrained(dir, trust_remote_code=True)`
-    loads the model."""
+    """Mixin placed before ModelMixin: saving the config (save_pretrained, and the trainers' EMA
+    directories) also writes the module file that config.json's `auto_map` names, so
+    `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads the model."""
 
     _auto_class = "AutoModel"  # what ConfigMixin.register_for_auto_class("AutoModel") sets
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], is_main_process: bool = True,
-                        **kwargs: Any) -> None:
-        if is_main_process:  # first, so push_to_hub uploads it too
-            write_class_module(save_directory, type(self))
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+    def save_config(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        write_class_module(save_directory, type(self))  # first, so push_to_hub uploads it too
+        super().save_config(save_directory, *args, **kwargs)
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:

@@ -87,14 +87,18 @@ def cached_states(cfg: SampleConfig, prompts: list[str]) -> tuple[torch.Tensor, 
 
 
 def load_saved_pipeline(path: str, with_text_encoder: bool) -> SoraPlanPipeline:
+    """A SoraPlanPipeline save_pretrained directory, or its HF id."""
     from soraplan.model.pipeline import SoraPlanPipeline
 
+    fix = "set --pipeline to a directory written by save_pretrained (--save-pipeline)"
+    looks_local = Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not Path(path, "model_index.json").is_file():
+        raise FileNotFoundError(f"no SoraPlanPipeline at {path!r} (no model_index.json); {fix}")
     skip = {} if with_text_encoder else {"tokenizer": None, "text_encoder": None}
     try:
         return SoraPlanPipeline.from_pretrained(path, **skip)
     except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"no SoraPlanPipeline at {path!r} ({one_line(exc)}); set --pipeline "
-                                "to a directory written by save_pretrained (--save-pipeline)") from None
+        raise FileNotFoundError(f"could not load SoraPlanPipeline {path!r} ({one_line(exc)}); {fix}") from None
 
 
 def assemble_pipeline(cfg: SampleConfig) -> SoraPlanPipeline:
