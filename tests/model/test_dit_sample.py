@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from soraplan.core.video import probe
@@ -63,3 +66,56 @@ def test_prompts_file_and_seeds_write_an_indexed_folder(assets, tmp_path):
     assert [(e["prompt"], e["seed"]) for e in index] == [
         ("a red kite", 3), ("a red kite", 4), ("a blue boat", 3), ("a blue boat", 4)]
     assert all(probe(out / e["video"]).num_frames == 5 for e in index)
+
+
+@pytest.fixture
+def written(monkeypatch):
+    """The frames soraplan-sample writes, by file name, instead of videos."""
+    frames = {}
+    monkeypatch.setattr("soraplan.core.video.write_video",
+                        lambda path, video, fps: frames.__setitem__(Path(path).name, video))
+    return frames
+
+
+ARGS = ["--prompt", "a red kite", "--frames", "5", "--height", "32", "--width", "48", "--steps", "2",
+        "--seed", "7", "--device", "cpu"]
+
+
+def test_sample_is_the_pipeline_and_the_sampling_it_replaced(assets, written):
+    from soraplan.model.dit.codec import load_wfvae_codec
+    from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
+    from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+    from soraplan.model.dit.text import TextEncoder
+    from soraplan.model.pipeline import SoraPlanPipeline
+
+    main(["--checkpoint", str(assets / "run"), "--vae", str(assets / "vae"), "--text-encoder",
+          str(assets / "t5"), "--out", "cli.mp4", *ARGS])
+    text = TextEncoder(str(assets / "t5"), 512)
+    model = SkiparseDiT.from_pretrained(resolve_pretrained(assets / "run"))
+    codec = load_wfvae_codec(str(assets / "vae"), "vae")
+    pipe = SoraPlanPipeline(text.tokenizer, text.model, model, codec.vae, DiffusionConfig().sample_scheduler())
+    direct = pipe("a red kite", num_frames=5, height=32, width=48, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(7)).frames[0]
+    assert np.array_equal(written["cli.mp4"], np.clip((direct * 255).round(), 0, 255).astype(np.uint8))
+    # soraplan-sample before the pipeline: prompt and empty prompt encoded together, then sampled.
+    states, mask = text.encode(["a red kite", ""])
+    latents = sample_latents(model, DiffusionConfig().sample_scheduler(), (4, 2, 4, 6), states[:1], mask[:1],
+                             states[1:], mask[1:], 2, 7.5, 7)
+    video = codec.decode(latents)[0].permute(1, 2, 3, 0).numpy()
+    assert np.array_equal(written["cli.mp4"], np.clip(((video + 1) * 127.5).round(), 0, 255).astype(np.uint8))
+
+
+def test_sample_saves_the_pipeline_and_samples_from_it(assets, tmp_path, written, capsys):
+    saved = tmp_path / "pipeline"
+    main(["--checkpoint", str(assets / "run"), "--vae", str(assets / "vae"), "--text-encoder",
+          str(assets / "t5"), "--save-pipeline", str(saved), "--out", "assembled.mp4", *ARGS])
+    assert (saved / "model_index.json").is_file() and (saved / "text_encoder").is_dir()
+    main(["--pipeline", str(saved), "--out", "loaded.mp4", *ARGS])
+    assert np.array_equal(written["assembled.mp4"], written["loaded.mp4"])
+    capsys.readouterr()
+    for argv, flag in ((["--pipeline", str(tmp_path / "nothing")], "--pipeline"),
+                       (["--pipeline", str(saved), "--checkpoint", str(assets / "run")], "--pipeline")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, *ARGS])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and flag in err and len(err.strip().splitlines()) == 1

@@ -52,6 +52,15 @@ def load_wfvae_codec(pretrained: str, config_key: str, device: str | torch.devic
     return WFVAECodec(load_pretrained(pretrained, config_key=config_key).to(device), chunk_frames)
 
 
+def codec_of(vae: nn.Module, chunk_frames: int | None = None) -> LatentCodec:
+    """The codec of a loaded autoencoder: per-frame for a diffusers AutoencoderKL, else WF-VAE."""
+    if type(vae).__name__ == "AutoencoderKL":
+        from soraplan.model.dit.image_codec import ImageVAECodec
+
+        return ImageVAECodec(vae, chunk_frames)
+    return WFVAECodec(vae, chunk_frames)
+
+
 def load_codec(pretrained: str, config_key: str, device: str | torch.device = "cpu",
                chunk_frames: int | None = None) -> LatentCodec:
     """The codec saved at `pretrained`: a diffusers AutoencoderKL (Open-Sora v1's per-frame image

@@ -147,12 +147,13 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
 def sample_latents(model: nn.Module, scheduler: EulerAncestralDiscreteScheduler,
                    latent_shape: tuple[int, int, int, int], text_states: Tensor, text_mask: Tensor,
                    null_states: Tensor, null_mask: Tensor, steps: int, guidance_scale: float,
-                   seed: int) -> Tensor:
+                   seed: int | torch.Generator) -> Tensor:
     """Denoise from noise with CFG: v = v_null + scale * (v_text - v_null).
     text_states (B, L, D) and null_states (B, L, D) are the prompt and empty-prompt states.
     A model predicting a variance too (2C channels) is guided on its noise channels only; the
-    variance is the prompt's."""
-    generator = torch.Generator().manual_seed(seed)
+    variance is the prompt's. Noise comes from `seed`, or from a CPU generator given instead (the
+    pipeline's `generator`)."""
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     batch = text_states.shape[0]
     device = text_states.device
     scheduler.set_timesteps(steps)

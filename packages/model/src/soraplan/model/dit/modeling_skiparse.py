@@ -11,6 +11,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
+from soraplan.model.auto import AutoModelFiles
 from soraplan.model.dit.attention import (
     AttentionMode,
     CrossAttention,
@@ -49,7 +50,7 @@ class DiTBlock(nn.Module):
         return x + gate_m * self.mlp(h)
 
 
-class SkiparseDiT(ModelMixin, ConfigMixin):
+class SkiparseDiT(AutoModelFiles, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     @register_to_config

@@ -7,11 +7,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from soraplan.core.config import PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -44,14 +45,20 @@ class TextEncoder:
     def dim(self) -> int:
         return self.model.config.d_model
 
-    @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """(states (B, L, dim), mask (B, L)) with L the longest prompt, capped at max_length."""
-        tokens = self.tokenizer(prompts, padding="longest", truncation=True,
-                                max_length=self.max_length, return_tensors="pt").to(self.device)
-        states = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        mask = tokens.attention_mask.bool()
-        return states.last_hidden_state.float() * mask[..., None], mask
+        return encode_text(self.tokenizer, self.model, prompts, self.max_length)
+
+
+@torch.no_grad()
+def encode_text(tokenizer: Any, model: nn.Module, prompts: list[str],
+                max_length: int) -> tuple[Tensor, Tensor]:
+    """(states (B, L, dim), mask (B, L)) with L the longest prompt, capped at max_length; padded
+    positions are zero. Also the text path of `SoraPlanPipeline`."""
+    tokens = tokenizer(prompts, padding="longest", truncation=True, max_length=max_length,
+                       return_tensors="pt").to(model.device)
+    states = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    mask = tokens.attention_mask.bool()
+    return states.last_hidden_state.float() * mask[..., None], mask
 
 
 def pad_text_states(states: list[Tensor]) -> tuple[Tensor, Tensor]:

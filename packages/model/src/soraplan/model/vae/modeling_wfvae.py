@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from soraplan.model.auto import AutoModelFiles
 from soraplan.model.vae.modules import (
     CausalConv3d,
     FrameAttention,
@@ -196,7 +197,7 @@ class WFVAEOutput(BaseOutput):
     decoder_features: torch.Tensor  # input of decoder.conv_out, for the adaptive GAN weight
 
 
-class WFVAEModel(ModelMixin, ConfigMixin):
+class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
     temporal_compression = 4
     spatial_compression = 8
 
