@@ -1,4 +1,4 @@
-"""Input planning at Panda-70M scale: wall time, driver memory and rows/s. Prints JSON.
+"""Input planning and the job's end at Panda-70M scale: wall time, driver memory, rows/s. Prints JSON.
 
     uv run python bench/scale_inputs.py [--clips 100000 1000000] [--files 8] [--repeats 3]
 
@@ -9,8 +9,13 @@ malformed) and an output folder where 10% of the clips are already done, then ru
 `--num-cpus` CPUs. Per run: planning seconds (as the plan reports them, Ray start-up excluded),
 the driver's peak RSS (VmHWM, polled), the largest RSS seen in any of the driver's descendants
 (Ray workers: the planning tasks), and the load average at the start. Figures are medians with
-[min, max]. Target: the driver's peak RSS at the largest size within 1.2x of the smallest, and
-under 1 GiB.
+[min, max].
+
+The job's end (`finalize.finalize_output`: later copies of clip ids dropped, the summary counted)
+is measured the same way on a synthetic output of as many result rows (files of 100k rows, 0.1%
+of the rows repeated in the last file as a killed run's late write), from a driver process that
+only starts a local Ray and finalizes. Target for both: the driver's peak RSS at the largest
+size within 1.2x of the smallest, and under 1 GiB.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,10 +83,46 @@ def write_dataset(root: Path, clips: int, files: int) -> Path:
     return root
 
 
-def plan_once(root: Path, num_cpus: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "soraplan.curation.cli", "run", "--config", str(REPO / "pipelines/configs/curate.yaml"),
-           "--input", str(root / "manifests" / "*.csv"), "--out", str(root / "out"),
-           f"video_root={root / 'videos'}", f"ray.local_num_cpus={num_cpus}", "--plan-only"]
+RESULT_FILE_ROWS = 100_000
+FINALIZE = """
+import json, sys, time
+from pathlib import Path
+from soraplan.core.ray_session import init_ray
+from soraplan.curation.analyze import AnalyzeConfig
+from soraplan.curation.finalize import finalize_output
+ray = init_ray(num_cpus=int(sys.argv[2]))
+started = time.perf_counter()
+counts = finalize_output(ray, Path(sys.argv[1]) / "clips", Path(sys.argv[1]) / "scratch", AnalyzeConfig())
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": counts["rows"],
+                  "sources": counts["sources"], "later_copies": counts["later_copies"]}))
+"""
+
+
+def write_results(root: Path, rows: int) -> Path:
+    """A curation output of `rows` result rows, 4 segments per source; the last file repeats
+    0.1% of the rows."""
+    out = root / "results"
+    (out / "clips").mkdir(parents=True)
+    map_type = pa.map_(pa.string(), pa.float64())
+    starts = list(range(0, rows, RESULT_FILE_ROWS))
+    for start in starts:
+        n = min(RESULT_FILE_ROWS, rows - start)
+        ids = range(start, start + n)
+        if start == starts[-1]:
+            ids = [*ids, *range(0, rows, 1000)]
+        table = pa.table({
+            "clip_id": [f"v{i // 4}:{i % 4}" for i in ids], "source_id": [f"v{i // 4}" for i in ids],
+            "status": ["kept" if i % 3 else "rejected" for i in ids],
+            "reject_reasons": [[] if i % 3 else ["static"] for i in ids],
+            "error_stage": pa.nulls(len(ids), pa.string()),
+            "stage_seconds": pa.array([[("cuts", 0.1), ("motion", 0.2)]] * len(ids), map_type),
+            "motion_backend": ["flow"] * len(ids), "start_s": [0.0] * len(ids), "end_s": [2.0] * len(ids)})
+        pq.write_table(table, out / "clips" / f"part-{start:012d}.parquet")
+    return out
+
+
+def measure(cmd: list[str]) -> dict[str, Any]:
+    """Run `cmd`; its stdout, wall seconds, the driver's peak RSS and its descendants' largest."""
     load = os.getloadavg()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
@@ -99,9 +141,23 @@ def plan_once(root: Path, num_cpus: int) -> dict[str, Any]:
     out = proc.stdout.read()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    plan = json.loads(out)
-    return {"plan": plan, "plan_s": plan["seconds"], "process_s": time.perf_counter() - started,
-            "driver_peak_rss_mib": peak / MIB, "descendant_peak_rss_mib": worker_peak / MIB, "load_average_1_5_15": load}
+    return {"stdout": out, "process_s": time.perf_counter() - started, "driver_peak_rss_mib": peak / MIB,
+            "descendant_peak_rss_mib": worker_peak / MIB, "load_average_1_5_15": load}
+
+
+def plan_once(root: Path, num_cpus: int) -> dict[str, Any]:
+    run = measure([sys.executable, "-m", "soraplan.curation.cli", "run", "--config",
+                   str(REPO / "pipelines/configs/curate.yaml"), "--input", str(root / "manifests" / "*.csv"),
+                   "--out", str(root / "out"), f"video_root={root / 'videos'}", f"ray.local_num_cpus={num_cpus}",
+                   "--plan-only"])
+    plan = json.loads(run.pop("stdout"))
+    return {"plan": plan, "plan_s": plan["seconds"], **run}
+
+
+def finalize_once(out: Path, num_cpus: int) -> dict[str, Any]:
+    run = measure([sys.executable, "-c", FINALIZE, str(out), str(num_cpus)])
+    counts = json.loads(run.pop("stdout").splitlines()[-1])
+    return {"counts": counts, "finalize_s": counts["seconds"], **run}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -113,6 +169,10 @@ def bench_size(clips: int, args: argparse.Namespace) -> dict[str, Any]:
         root = write_dataset(Path(tmp), clips, args.files)
         manifest_mib = sum(p.stat().st_size for p in (root / "manifests").iterdir()) / MIB
         runs = [plan_once(root, args.num_cpus) for _ in range(args.repeats)]
+        ends = []
+        for _ in range(args.repeats):
+            shutil.rmtree(Path(tmp) / "results", ignore_errors=True)  # each run drops the repeats anew
+            ends.append(finalize_once(write_results(Path(tmp), clips), args.num_cpus))
     plan = runs[0]["plan"]
     return {
         "clips_requested": clips,
@@ -125,6 +185,14 @@ def bench_size(clips: int, args: argparse.Namespace) -> dict[str, Any]:
         "driver_peak_rss_mib": spread([r["driver_peak_rss_mib"] for r in runs]),
         "descendant_peak_rss_mib": spread([r["descendant_peak_rss_mib"] for r in runs]),
         "load_average_1_5_15": [r["load_average_1_5_15"] for r in runs],
+        "job_end": {
+            "counts": {k: v for k, v in ends[0]["counts"].items() if k != "seconds"},
+            "finalize_s": spread([r["finalize_s"] for r in ends]),
+            "rows_per_s": round(ends[0]["counts"]["rows"] / statistics.median(r["finalize_s"] for r in ends)),
+            "driver_peak_rss_mib": spread([r["driver_peak_rss_mib"] for r in ends]),
+            "descendant_peak_rss_mib": spread([r["descendant_peak_rss_mib"] for r in ends]),
+            "load_average_1_5_15": [r["load_average_1_5_15"] for r in ends],
+        },
     }
 
 
@@ -137,8 +205,10 @@ def main() -> None:
     args = p.parse_args()
     sizes = [bench_size(n, args) for n in args.clips]
     peaks = [s["driver_peak_rss_mib"]["median"] for s in sizes]
+    end_peaks = [s["job_end"]["driver_peak_rss_mib"]["median"] for s in sizes]
     result = {"num_cpus": args.num_cpus, "repeats": args.repeats, "sizes": sizes,
               "driver_peak_rss_ratio_largest_to_smallest": round(peaks[-1] / peaks[0], 3),
+              "job_end_driver_peak_rss_ratio_largest_to_smallest": round(end_peaks[-1] / end_peaks[0], 3),
               "target": "ratio <= 1.2 and driver peak RSS < 1024 MiB"}
     print(json.dumps(result, indent=1))
 
