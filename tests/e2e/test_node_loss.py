@@ -66,15 +66,30 @@ def test_worker_node_lost_mid_job_loses_no_clip(tmp_path, media, ray_loopback_en
     from ray.cluster_utils import Cluster
 
     assert not ray_constants.ENABLE_RAY_CLUSTER, "Ray was imported before its loopback settings"
-    # Spread actors over the nodes instead of packing the head first, so the worker gets one; and
-    # declare a lost node dead within seconds.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "_system_config": {
-        "scheduler_spread_threshold": 0.0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
+    cluster, worker = start_two_nodes(Cluster)
     try:
-        worker = cluster.add_node(num_cpus=2, resources={WORKER_RESOURCE: 1})
         run_and_lose_worker(cluster.address, worker.all_processes["raylet"][0].process.pid, videos, tmp_path)
     finally:
         cluster.shutdown()
+
+
+def start_two_nodes(cluster_class, attempts: int = 3):
+    """A head and a worker node. Ray gives a node 30 s to register, which a loaded machine can
+    miss: a failed attempt is shut down and retried."""
+    for attempt in range(attempts):
+        cluster = cluster_class()
+        try:
+            # Spread actors over the nodes instead of packing the head first, so the worker gets
+            # one; and declare a lost node dead within seconds.
+            cluster.add_node(num_cpus=2, _system_config={
+                "scheduler_spread_threshold": 0.0, "health_check_period_ms": 1000,
+                "health_check_failure_threshold": 5})
+            return cluster, cluster.add_node(num_cpus=2, resources={WORKER_RESOURCE: 1})
+        except Exception:
+            cluster.shutdown()
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(10 * (attempt + 1))
 
 
 def run_and_lose_worker(address: str, raylet_pid: int, videos: Path, tmp_path: Path) -> None:
