@@ -105,3 +105,25 @@ def test_embeddings_replace_prompts_and_bad_sizes_are_refused(saved):
         pipe("a red kite", **{**SIZE, "height": 36})
     with pytest.raises(ValueError, match="height/width"):
         pipe("a red kite", **{**SIZE, "height": 24})  # 3 latent rows: not a whole 2x2 patch
+
+
+def test_an_stdit_with_a_per_frame_image_vae_round_trips_as_a_pipeline(tmp_path, torch_one_thread):
+    from diffusers import AutoencoderKL
+
+    from soraplan.model.dit.modeling_stdit import STDiT
+
+    model = DiTModelConfig(name="stdit-tiny").build()
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=model.config.in_channels,
+                        norm_num_groups=8, layers_per_block=1)
+    pipe = SoraPlanPipeline(None, None, model, vae, DiffusionConfig.for_model(model).sample_scheduler())
+    size = dict(num_frames=3, height=16, width=16, num_inference_steps=2)
+    states = torch.randn(1, 4, model.config.text_dim)
+    call = dict(prompt_embeds=states, negative_prompt_embeds=torch.zeros_like(states), **size)
+    frames = pipe(generator=seeded(0), **call).frames
+    assert frames.shape == (1, 3, 16, 16, 3)  # time factor 1: one latent frame per frame
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SoraPlanPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(loaded.transformer) is STDiT and type(loaded.vae) is AutoencoderKL
+    assert type(AutoModel.from_pretrained(str(tmp_path / "pipe" / "transformer"), trust_remote_code=True)) is STDiT
+    assert (loaded(generator=seeded(0), **call).frames == frames).all()

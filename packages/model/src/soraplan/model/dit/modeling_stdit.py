@@ -31,6 +31,7 @@ from diffusers.models.embeddings import (
 )
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
+from soraplan.model.auto import AutoModelFiles
 from soraplan.model.dit.attention import CrossAttention, Grid, SelfAttention, grid_positions
 from torch import Tensor, nn
 
@@ -89,7 +90,7 @@ class STDiTBlock(nn.Module):
         return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
 
 
-class STDiT(ModelMixin, ConfigMixin):
+class STDiT(AutoModelFiles, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     @register_to_config
