@@ -23,7 +23,7 @@ STAGES = ["world", "curate", "vae", "latent_stats", "text_encoder", "encode", "d
 @pytest.mark.timeout(2400)  # nine jobs, two Ray starts; each job's start-up takes minutes on loaded cores
 def test_short_toyworld_run_goes_from_footage_to_checked_samples(tmp_path: Path) -> None:
     config = {
-        "out": str(tmp_path / "run"), "minutes": 6, "vae_minutes": 1.0, "reserve_minutes": 0,
+        "out": str(tmp_path / "run"), "minutes": 6, "vae_steps": 40, "vae_minutes": 1.0, "reserve_minutes": 0,
         "min_dit_minutes": 1.0, "world": {"videos": 4, "min_shots": 3, "max_shots": 4},
         "seeds": [0], "sample_steps": 4, "vae_checks": 2,
         "dit": ["data.global_batch=8"],  # four videos give about a dozen clips

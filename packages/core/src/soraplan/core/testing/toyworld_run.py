@@ -41,7 +41,11 @@ class ToyRunConfig:
     out: str = "runs/toyworld"
     minutes: PositiveFloat = 60.0  # wall time of the whole run; the DiT gets what the rest leaves
     world: WorldConfig = field(default_factory=lambda: WorldConfig(videos=60))
-    vae_minutes: PositiveFloat = 12.0
+    # The VAE trains a fixed number of steps, so a loaded machine changes its time, not its
+    # quality (12 minutes under load gave 511 steps and reconstructions too soft to tell a square
+    # from a circle); vae_minutes caps its wall time.
+    vae_steps: PositiveInt = 2000
+    vae_minutes: PositiveFloat = 30.0
     reserve_minutes: NonNegativeFloat = 4.0  # kept back from the DiT for sampling, checks, report
     min_dit_minutes: PositiveFloat = 2.0  # the DiT trains at least this long, budget or not
     seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1])  # sampling seeds per caption
@@ -128,7 +132,7 @@ class ToyRun:
 
     def train_vae(self) -> None:
         config = {
-            "output_dir": str(self.vae_run), "steps": 1_000_000, "max_minutes": self.cfg.vae_minutes,
+            "output_dir": str(self.vae_run), "steps": self.cfg.vae_steps, "max_minutes": self.cfg.vae_minutes,
             "model": {"name": "wfvae-toy"},
             # The toy VAE has no attention, so it learns on crops a quarter of a shot's size (4x
             # the steps per minute) and still encodes whole shots.
