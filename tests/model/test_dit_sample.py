@@ -55,6 +55,17 @@ def test_missing_vae_fails_fast_naming_the_flag(assets, tmp_path, capsys):
     assert "--vae" in capsys.readouterr().err
 
 
+def test_a_missing_text_encoder_names_the_flag_and_how_to_make_one(assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(assets / "run"), "--prompt", "x", "--vae", str(assets / "vae"),
+              "--text-encoder", str(tmp_path / "no-t5"), "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "set --text-encoder" in err and "soraplan-dit text-encoder --out DIR" in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_prompts_file_and_seeds_write_an_indexed_folder(assets, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red kite\n\na blue boat\n")

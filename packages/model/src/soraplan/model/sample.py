@@ -152,7 +152,7 @@ def sample(cfg: SampleConfig) -> Path:
         if cfg.pipeline:
             raise ConfigError(f"{cfg.pipeline} holds no text encoder; set --text-cache to a text "
                               "cache holding every prompt and the empty one")
-        encoder = TextEncoder(cfg.text_encoder, cfg.max_text_length)
+        encoder = TextEncoder(cfg.text_encoder, cfg.max_text_length, config_key="--text-encoder")
         pipe.register_modules(tokenizer=encoder.tokenizer, text_encoder=encoder.model)
     if cfg.save_pipeline:
         pipe.save_pretrained(cfg.save_pipeline)

@@ -25,7 +25,8 @@ class TextEncoderConfig:
 
 
 class TextEncoder:
-    def __init__(self, path: str, max_length: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: str, max_length: int, device: str | torch.device = "cpu",
+                 config_key: str = "text_encoder.path") -> None:
         from transformers import AutoConfig, AutoTokenizer, MT5EncoderModel, T5EncoderModel
 
         try:
@@ -34,8 +35,9 @@ class TextEncoder:
         except OSError as exc:
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise FileNotFoundError(
-                f"text encoder {path!r} not found{offline}; set text_encoder.path to a local "
-                f"T5/mT5 directory or a reachable HF id") from exc
+                f"text encoder {path!r} not found{offline}; set {config_key} to a local T5/mT5 "
+                f"directory or a reachable HF id (for a trial without downloads, `soraplan-dit "
+                f"text-encoder --out DIR --corpus captions.txt` saves a small random one)") from exc
         model_cls = MT5EncoderModel if config.model_type == "mt5" else T5EncoderModel
         self.model = model_cls.from_pretrained(path).to(device).eval().requires_grad_(False)
         self.max_length = max_length
