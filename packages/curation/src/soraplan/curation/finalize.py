@@ -38,7 +38,9 @@ from soraplan.curation.plan import (
 )
 from soraplan.curation.summary import SUMMARY_COLUMNS, add_counts, count_rows
 
-RESULT_BYTES_PER_PARTITION = 64 << 20  # Parquet bytes of results per partition task
+# Result rows per partition task: a task holds its rows' summary columns as Python objects, about
+# 1.6 KB a row (bench/scale_inputs.py: 1.6 GB for one partition of 1M rows).
+ROWS_PER_PARTITION = 250_000
 AT = "at"  # file ordinal << 32 | row within the file: the first copy has the lowest
 
 
@@ -48,8 +50,8 @@ def finalize_output(ray: ModuleType, clips_dir: Path, scratch: Path, cfg: Analyz
     files = sorted(shard_files(clips_dir), key=lambda p: (p.stat().st_mtime, p.name))
     if not files:
         return {**count_rows([], cfg), "later_copies": 0}
-    size = sum(p.stat().st_size for p in files)
-    partitions = min(max(1, math.ceil(size / RESULT_BYTES_PER_PARTITION)), MAX_PARTITIONS)
+    rows = sum(pq.read_metadata(p).num_rows for p in files)  # footers only
+    partitions = min(max(1, math.ceil(rows / ROWS_PER_PARTITION)), MAX_PARTITIONS)
     schema = pq.read_schema(files[0])
     schema = pa.schema([schema.field(c) for c in ["clip_id", *SUMMARY_COLUMNS]] + [pa.field(AT, pa.int64())])
     scratch.mkdir(parents=True, exist_ok=True)
