@@ -19,7 +19,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from soraplan.model.vae.modules import (
+    HAAR3D_TAP,
     CausalConv3d,
+    FrameAligner,
     FrameAttention,
     FrameConv2d,
     HaarWavelet2D,
@@ -32,8 +34,10 @@ from soraplan.model.vae.modules import (
     SpatialUpsample,
     SpatioTemporalDownsample,
     SpatioTemporalUpsample,
+    UpsampleMode,
     causal_stream,
     make_norm,
+    mark_last_chunk,
 )
 
 RGB = 3
@@ -91,12 +95,13 @@ class Encoder(nn.Module):
         energy_flow_channels: int,
         norm_type: NormType,
         use_attention: bool,
+        haar3d_tap: float = HAAR3D_TAP,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
-        self.wavelet_in = HaarWavelet3D()
+        self.wavelet_in = HaarWavelet3D(haar3d_tap)
         self.wavelet_l1 = HaarWavelet2D()
-        self.wavelet_l2 = HaarWavelet3D()
+        self.wavelet_l2 = HaarWavelet3D(haar3d_tap)
         self.down1 = nn.Sequential(
             FrameConv2d(8 * RGB, c, 3, padding=1),
             *[ResnetBlock(c, c, norm_type, temporal=False) for _ in range(num_res_blocks)],
@@ -134,6 +139,8 @@ class Decoder(nn.Module):
         connect_res_blocks: int,
         norm_type: NormType,
         use_attention: bool,
+        upsample: UpsampleMode = "nearest",
+        haar3d_tap: float = HAAR3D_TAP,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
@@ -142,7 +149,7 @@ class Decoder(nn.Module):
         self.mid = _mid_block(4 * c, 4 * c, 4 * c + e, norm_type, use_attention)
         self.up2 = nn.Sequential(
             *[ResnetBlock(4 * c, 4 * c, norm_type, temporal=True) for _ in range(num_res_blocks)],
-            SpatioTemporalUpsample(4 * c),
+            SpatioTemporalUpsample(4 * c, upsample),
             ResnetBlock(4 * c, 4 * c + e, norm_type, temporal=True),
         )
         self.up1 = nn.Sequential(
@@ -167,9 +174,11 @@ class Decoder(nn.Module):
         )
         self.norm_out = make_norm(norm_type, c)
         self.conv_out = FrameConv2d(c, 8 * RGB, 3, padding=1)
-        self.inverse_wavelet_l2 = InverseHaarWavelet3D()
+        self.inverse_wavelet_l2 = InverseHaarWavelet3D(haar3d_tap)
         self.inverse_wavelet_l1 = InverseHaarWavelet2D()
-        self.inverse_wavelet_out = InverseHaarWavelet3D()
+        self.inverse_wavelet_out = InverseHaarWavelet3D(haar3d_tap)
+        # With "trilinear" upsampling a stream's up2 path runs a frame behind the level-2 band.
+        self.align_l2 = FrameAligner()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, WaveletCoeffs, torch.Tensor]:
         """Video, the predicted wavelet low bands, and the input of the last layer `conv_out`."""
@@ -178,7 +187,7 @@ class Decoder(nn.Module):
         l2_coeffs = self.connect_l2(h[:, -e:])
         l2_low = self.inverse_wavelet_l2(l2_coeffs)
         h = self.up2(h[:, :-e])
-        l1_coeffs = self.connect_l1(h[:, -e:])
+        l1_coeffs, l2_low = self.align_l2(self.connect_l1(h[:, -e:]), l2_low)
         l1_coeffs = torch.cat([l1_coeffs[:, :RGB] + l2_low, l1_coeffs[:, RGB:]], dim=1)
         l1_low = self.inverse_wavelet_l1(l1_coeffs)
         features = nn.functional.silu(self.norm_out(self.up0(self.up1(h[:, :-e]))))
@@ -212,6 +221,11 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         connect_res_blocks: int = 1,
         use_attention: bool = True,
         norm_type: NormType = "layernorm",
+        # Decoder's 2x time-and-space upsampling: "nearest" repeats frames and pixels,
+        # "trilinear" interpolates as upstream WF-VAE releases (both decode losslessly in chunks).
+        decoder_upsample: UpsampleMode = "nearest",
+        # Magnitude of the 3D Haar filter taps: orthonormal 2**-1.5; upstream rounds it to 0.3536.
+        haar3d_tap: float = HAAR3D_TAP,
         # Latents for the DiT are (z - shift_factor) * scaling_factor, per channel when these are
         # lists (`soraplan-vae latent-stats` writes the channel means and 1 / stds here, as
         # upstream WF-VAE releases carry them).
@@ -226,6 +240,7 @@ class WFVAEModel(ModelMixin, ConfigMixin):
             encoder_energy_flow_channels,
             norm_type,
             use_attention,
+            haar3d_tap,
         )
         self.decoder = Decoder(
             latent_channels,
@@ -235,6 +250,8 @@ class WFVAEModel(ModelMixin, ConfigMixin):
             connect_res_blocks,
             norm_type,
             use_attention,
+            decoder_upsample,
+            haar3d_tap,
         )
 
     def _latent_affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,11 +309,14 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         self, z: torch.Tensor, chunk_latents: int | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Video from latents; `chunk_latents` decodes that many latent frames at a time, exactly."""
+        chunks = self._chunks(z.shape[2], chunk_latents)
+        parts = []
         with causal_stream(self.decoder):
-            video = torch.cat(
-                [self.decoder(z[:, :, s])[0] for s in self._chunks(z.shape[2], chunk_latents)],
-                dim=2,
-            )
+            for i, s in enumerate(chunks):
+                if i == len(chunks) - 1:
+                    mark_last_chunk(self.decoder)
+                parts.append(self.decoder(z[:, :, s])[0])
+        video = torch.cat(parts, dim=2)
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(
