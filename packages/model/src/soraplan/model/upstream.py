@@ -123,10 +123,12 @@ def load_converted(model: torch.nn.Module, state: dict[str, Tensor], what: str) 
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4})" if len(keys) > 4 else "")
         raise ConfigError(f"the {what} checkpoint does not fit its config: missing [{few(missing)}], "
                           f"unexpected [{few(unexpected)}], other shapes [{few(wrong)}]")
+    # The model keeps the checkpoint's precision (a float64 or bf16 release stays so).
     if any(t.is_meta for t in own.values()):  # built on the meta device: take the tensors as they are
         model.load_state_dict(state, assign=True)
     else:
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        model.to(next(v.dtype for v in state.values() if v.is_floating_point()))
+        model.load_state_dict(state)
 
 
 def require(config: dict[str, Any], key: str, allowed: Sequence[Any], default: Any) -> None:
