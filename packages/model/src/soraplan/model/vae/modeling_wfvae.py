@@ -190,7 +190,9 @@ class Decoder(nn.Module):
         l1_coeffs, l2_low = self.align_l2(self.connect_l1(h[:, -e:]), l2_low)
         l1_coeffs = torch.cat([l1_coeffs[:, :RGB] + l2_low, l1_coeffs[:, RGB:]], dim=1)
         l1_low = self.inverse_wavelet_l1(l1_coeffs)
-        features = nn.functional.silu(self.norm_out(self.up0(self.up1(h[:, :-e]))))
+        h = self.up1(h[:, :-e])  # rebinding h frees up2's output before up0 runs
+        features = nn.functional.silu(self.norm_out(self.up0(h)))
+        del h
         coeffs = self.conv_out(features)
         coeffs = torch.cat([coeffs[:, :RGB] + l1_low, coeffs[:, RGB:]], dim=1)
         return self.inverse_wavelet_out(coeffs), (l1_coeffs, l2_coeffs), features
@@ -293,15 +295,24 @@ class WFVAEModel(ModelMixin, ConfigMixin):
             slice(s, min(s + chunk, t)) for s in range(chunk + 1, t, chunk)
         ]
 
+    @staticmethod
+    def _stream(module: nn.Module, x: torch.Tensor, chunks: list[slice]) -> torch.Tensor:
+        """`module`'s first output for `x`, computed chunk by chunk along time. The last chunk
+        is marked, so no layer keeps frames for a next one (a single chunk keeps none)."""
+        parts = []
+        with causal_stream(module):
+            for i, s in enumerate(chunks):
+                if i == len(chunks) - 1:
+                    mark_last_chunk(module)
+                parts.append(module(x[:, :, s])[0])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
     def encode(
         self, x: torch.Tensor, chunk_frames: int | None = None, return_dict: bool = True
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Posterior over latents of video `x` in [-1, 1]; `chunk_frames` bounds memory, exactly."""
         self._check_video(x)
-        with causal_stream(self.encoder):
-            moments = torch.cat(
-                [self.encoder(x[:, :, s])[0] for s in self._chunks(x.shape[2], chunk_frames)], dim=2
-            )
+        moments = self._stream(self.encoder, x, self._chunks(x.shape[2], chunk_frames))
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
@@ -309,14 +320,7 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         self, z: torch.Tensor, chunk_latents: int | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Video from latents; `chunk_latents` decodes that many latent frames at a time, exactly."""
-        chunks = self._chunks(z.shape[2], chunk_latents)
-        parts = []
-        with causal_stream(self.decoder):
-            for i, s in enumerate(chunks):
-                if i == len(chunks) - 1:
-                    mark_last_chunk(self.decoder)
-                parts.append(self.decoder(z[:, :, s])[0])
-        video = torch.cat(parts, dim=2)
+        video = self._stream(self.decoder, z, self._chunks(z.shape[2], chunk_latents))
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(

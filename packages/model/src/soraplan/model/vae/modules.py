@@ -78,7 +78,7 @@ class CausalLayer(StreamingLayer):
             head = self._carry
         frames = torch.cat([head, x], dim=2)
         n = max(0, (frames.shape[2] - self.time_kernel) // self.time_stride + 1)
-        if self.streaming:
+        if self.more_chunks_follow:
             # A copy, so the whole concatenated chunk is not kept alive until the next call.
             self._carry = frames[:, :, n * self.time_stride :].clone()
         return (
@@ -208,12 +208,17 @@ class CausalConv3d(CausalLayer):
         spatial_padding: tuple[int, int, int, int] | None = None,  # left, right, top, bottom
     ) -> None:
         super().__init__(time_kernel=kernel_size, time_stride=stride[0])
+        # Symmetric spatial padding is the conv's own (no padded copy of the input); an
+        # asymmetric one is applied before it.
         pad = kernel_size // 2
-        self.spatial_padding = spatial_padding or (pad, pad, pad, pad)
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride)
+        self.spatial_padding = spatial_padding
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=(0, 0, 0) if spatial_padding else (0, pad, pad))
 
     def _window_op(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(frames, self.spatial_padding))
+        if self.spatial_padding:
+            frames = F.pad(frames, self.spatial_padding)
+        return self.conv(frames)
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:
@@ -282,7 +287,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = F.silu(self.norm2(h))  # rebound before conv2 runs, so conv1's output is freed
+        h = self.conv2(h)
         return self.shortcut(x) + h
 
 
@@ -322,22 +328,23 @@ def spatial_repeat2x(x: torch.Tensor) -> torch.Tensor:
 def spatial_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     """Bilinear 2x in height and width per frame (align_corners=False, as upstream's trilinear
     with time scale 1)."""
-    b, c, t, h, w = x.shape
-    if t == 0:
-        return x.new_zeros(b, c, 0, 2 * h, 2 * w)
-    return to_video(F.interpolate(to_images(x), scale_factor=2, mode="bilinear"), b)
+    return to_video(F.interpolate(to_images(x), scale_factor=2, mode="bilinear"), x.shape[0])
 
 
 UpsampleMode = Literal["nearest", "trilinear"]
 
 
 class SpatialUpsample(nn.Module):
+    """Nearest 2x per frame, then a 3x3 conv. Frames are made images before upsampling, so the
+    one copy that layout needs is of the small tensor."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = FrameConv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(spatial_repeat2x(x))
+        images = F.interpolate(to_images(x), scale_factor=2, mode="nearest")
+        return to_video(self.conv(images), x.shape[0])
 
 
 class SpatioTemporalDownsample(nn.Module):
