@@ -4,7 +4,13 @@ config), random weights, fp32, on this machine's CPU (or GPU if present). Prints
     uv run python bench/vae_speed.py                       # 33x256x256, wfvae-s, wfvae-l, cogvideox
     uv run python bench/vae_speed.py --shapes 17x512x512 --models wfvae-s cogvideox-tiled cogvideox
 
-`cogvideox-tiled` is the same model with diffusers' `enable_tiling()`. A run that dies (e.g. out of
+`cogvideox-tiled` is the same model with diffusers' `enable_tiling()`. With `--upstream WF_VAE_SRC`
+(a PKU-YuanGroup/WF-VAE checkout) every WF-VAE model also runs as upstream's `WFVAEModel` built
+from that checkout with the same widths and trilinear upsampling (`upstream:<name>` rows and
+`ours_over_upstream` ratios; compare it with an upstream-compatible config such as
+`wfvae-l-16chn`, which interpolates the same way):
+
+    uv run python bench/vae_speed.py --models wfvae-l-16chn --upstream ../upstream/WF-VAE A run that dies (e.g. out of
 memory) is reported with the phase it died in and the figures of the phases before it.
 
 Each (model, shape) runs in a fresh process, with large allocations served by mmap so that
@@ -15,6 +21,7 @@ the call minus the resident memory before it (Linux /proc; on GPU, torch.cuda pe
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -37,12 +44,36 @@ def _vm(key: str) -> int:
     raise KeyError(key)
 
 
-def measure(model_name: str, frames: int, size: int, chunked: bool) -> dict[str, float]:
+def upstream_wfvae(name: str, src: str):
+    """Upstream's WFVAEModel (from a WF-VAE checkout) with the widths of our named config."""
+    from soraplan.model.vae import WFVAE_CONFIGS, WFVAEModel
+
+    sys.path.insert(0, src)
+    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel as UpstreamWFVAE
+
+    signature = inspect.signature(WFVAEModel.__init__).parameters.values()
+    c = {p.name: p.default for p in signature if p.default is not p.empty} | WFVAE_CONFIGS[name]
+    return UpstreamWFVAE(
+        latent_dim=c["latent_channels"], base_channels=c["base_channels"],
+        encoder_num_resblocks=c["encoder_num_res_blocks"],
+        decoder_num_resblocks=c["decoder_num_res_blocks"],
+        encoder_energy_flow_hidden_size=c["encoder_energy_flow_channels"],
+        decoder_energy_flow_hidden_size=c["decoder_energy_flow_channels"],
+        connect_res_layer_num=c["connect_res_blocks"], use_attention=c["use_attention"],
+        norm_type=c["norm_type"], t_interpolation="trilinear",
+    )
+
+
+def measure(model_name: str, frames: int, size: int, chunked: bool, upstream_src: str | None = None
+            ) -> dict[str, float]:
     import torch
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if model_name.startswith("cogvideox"):
+    if model_name.startswith("upstream:"):
+        vae = upstream_wfvae(model_name.removeprefix("upstream:"), upstream_src).eval().to(device)
+        chunks = {}
+    elif model_name.startswith("cogvideox"):
         from diffusers import AutoencoderKLCogVideoX
 
         vae = AutoencoderKLCogVideoX().eval().to(device)
@@ -103,6 +134,7 @@ def main() -> None:
         "--chunked", action="store_true", help="also time WF-VAE with chunked encode/decode"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    parser.add_argument("--upstream", help="PKU-YuanGroup/WF-VAE checkout: also run upstream's model")
     parser.add_argument(
         "--include", help="JSON lines of rows from an earlier run (its stderr) to report with these"
     )
@@ -116,7 +148,7 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(measure(name, int(t), int(size), chunked == "1")))
+        print(json.dumps(measure(name, int(t), int(size), chunked == "1", args.upstream)))
         return
 
     import torch
@@ -129,7 +161,10 @@ def main() -> None:
     for shape in args.shapes:
         t, h, w = (int(v) for v in shape.split("x"))
         assert h == w, "square inputs only"
-        for name in args.models:
+        models = list(args.models)
+        if args.upstream:
+            models += [f"upstream:{m}" for m in args.models if m.startswith("wfvae")]
+        for name in models:
             chunk_modes = [False, True] if args.chunked and name.startswith("wfvae") else [False]
             for chunked in chunk_modes:
                 cmd = [
@@ -142,6 +177,7 @@ def main() -> None:
                     "1" if chunked else "0",
                 ]
                 cmd += ["--threads", str(args.threads)] if args.threads else []
+                cmd += ["--upstream", args.upstream] if args.upstream else []
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}
                 )
@@ -196,6 +232,16 @@ def main() -> None:
                     },
                 }
             )
+    for r in runs:
+        up = next((u for u in runs if u["model"] == f"upstream:{r['model']}" and u["shape"] == r["shape"]
+                   and "error" not in u), None)
+        if up is None or "error" in r:
+            continue
+        ratios.append({"model": r["model"], "baseline": up["model"], "shape": r["shape"],
+                       "chunked": r["chunked"],
+                       **{f"ours_over_upstream_{k}": r[k] / up[k]
+                          for k in ("encode_cpu_s", "decode_cpu_s", "encode_peak_gib", "decode_peak_gib")
+                          if up.get(k, 0) > 0 and k in r}})
     print(
         json.dumps(
             {

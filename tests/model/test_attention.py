@@ -8,6 +8,7 @@ from soraplan.model.dit.attention import (
     apply_rope,
     attend_in_sets,
     from_sequences,
+    grid_positions,
     layer_kinds,
     padded_length,
     rope_3d,
@@ -125,12 +126,13 @@ def test_spatial_then_temporal_equals_explicit_loops():
     torch.testing.assert_close(out, z.reshape(2, t * h * w, dim), rtol=1e-10, atol=1e-10)
 
 
-def test_rope_is_relative_and_norm_preserving():
+@pytest.mark.parametrize("pairing", ["adjacent", "halves"])
+def test_rope_is_relative_and_norm_preserving(pairing):
     grid = (4, 3, 5)
-    cos, sin = rope_3d(grid, 12)
+    cos, sin = rope_3d(grid, 12, dtype=torch.float64)
     q = torch.randn(1, 1, 1, 12, dtype=torch.float64).expand(1, 60, 1, 12)
     k = torch.randn(1, 1, 1, 12, dtype=torch.float64).expand(1, 60, 1, 12)
-    rq, rk = apply_rope(q, cos.double(), sin.double()), apply_rope(k, cos.double(), sin.double())
+    rq, rk = (apply_rope(x, cos, sin, pairing) for x in (q, k))
     torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))
     # Same (dt, dh, dw) offset -> same score: tokens (0,0,0)->(1,1,1) and (2,1,3)->(3,2,4).
     def idx(t, h, w):
@@ -140,6 +142,29 @@ def test_rope_is_relative_and_norm_preserving():
     torch.testing.assert_close(s1, s2)
     s3 = (rq[0, idx(0, 0, 0), 0] * rk[0, idx(0, 1, 1), 0]).sum()
     assert not torch.isclose(s1, s3)
+
+
+def test_rope_halves_is_open_sora_plans_layout():
+    # Their RoPE3D: head_dim split into t, h, w thirds of D channels; in each, channel j turns
+    # with j + D/2 ("rotate_half") at frequency theta^(-2j/D), by the token's position on
+    # that axis. Written out here from that description.
+    grid, head_dim, theta = (3, 4, 5), 12, 10000.0
+    d = head_dim // 3
+    x = torch.randn(2, 60, 2, head_dim, dtype=torch.float64)
+    pos = grid_positions(grid)
+    thirds = []
+    for axis, part in enumerate(x.chunk(3, dim=-1)):
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+        freqs = (pos[:, axis].float()[:, None] * inv_freq).double()
+        cos = torch.cat([freqs, freqs], -1).cos()[:, None]
+        sin = torch.cat([freqs, freqs], -1).sin()[:, None]
+        rotated = torch.cat([-part[..., d // 2:], part[..., : d // 2]], dim=-1)
+        thirds.append(part * cos + rotated * sin)
+    expected = torch.cat(thirds, dim=-1)
+    got = apply_rope(x, *rope_3d(grid, head_dim, theta, dtype=torch.float64), "halves")
+    assert (got - expected).abs().max() < 1e-14
+    with pytest.raises(ValueError, match="divisible by 6"):
+        SelfAttention(16, 2, rope_pairing="halves")
 
 
 def test_layer_kinds_alternate_with_full_ends():

@@ -35,6 +35,16 @@ def test_named_configs_match_issue():
     assert kinds[2:6] == ["single_skip", "group_skip", "single_skip", "group_skip"]
 
 
+def test_open_sora_plan_config_differs_only_in_its_layer_options():
+    with torch.device("meta"):
+        ours = DiTModelConfig(name="skiparse-2.7b").build()
+        osp = DiTModelConfig(name="skiparse-osp-v1.3").build()
+    # The same weights but the cross-attention norm's affine (off: raw hidden states).
+    names = {n for n, _ in ours.named_parameters()} - {n for n, _ in osp.named_parameters()}
+    assert names == {f"blocks.{i}.norm_cross.{w}" for i in range(32) for w in ("weight", "bias")}
+    assert osp.blocks[5].attn.rope_pairing == "halves"
+
+
 @pytest.mark.parametrize("mode", ["full", "spatial_temporal", "skip_window", "skiparse"])
 def test_forward_shape_and_save_load_roundtrip(mode, tmp_path):
     model = tiny(attention_mode=mode).eval()

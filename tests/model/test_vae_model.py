@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from soraplan.core.config import ConfigError
 from soraplan.model.vae import WFVAE_CONFIGS, WFVAEConfig, WFVAEModel
@@ -18,6 +19,9 @@ from soraplan.model.vae.modules import (
     HaarWavelet3D,
     InverseHaarWavelet2D,
     InverseHaarWavelet3D,
+    SpatioTemporalUpsample,
+    causal_stream,
+    mark_last_chunk,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -68,6 +72,7 @@ def test_shapes_and_compression() -> None:
         model.encode(video(16))
 
 
+@pytest.mark.parametrize("upsample", ["nearest", "trilinear"])
 @pytest.mark.parametrize(
     ("frames", "frame_chunks", "latent_chunks"),
     [
@@ -80,9 +85,9 @@ def test_shapes_and_compression() -> None:
     ],
 )
 def test_chunked_encode_and_decode_equal_full_pass(
-    frames: int, frame_chunks: tuple[int, int], latent_chunks: tuple[int, int]
+    frames: int, frame_chunks: tuple[int, int], latent_chunks: tuple[int, int], upsample: str
 ) -> None:
-    model = tiny_model()
+    model = tiny_model(decoder_upsample=upsample)
     x = video(frames)
     with torch.no_grad():
         full = model.encode(x).latent_dist
@@ -96,6 +101,27 @@ def test_chunked_encode_and_decode_equal_full_pass(
             assert (model.decode(z, chunk_latents=chunk).sample - decoded).abs().max() < 1e-10, (
                 chunk
             )
+
+
+def test_trilinear_upsampling_is_upstream_interpolation() -> None:
+    # Frame 0 alone, frames 1.. interpolated linearly in time (clamped ends), bilinear in space:
+    # what upstream's Spatial2xTime2x3DUpsample does before its conv.
+    x = video(6, 4)
+    layer = SpatioTemporalUpsample(3, "trilinear")
+    head = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode="trilinear")
+    rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 1, 1), mode="trilinear")
+    rest = F.interpolate(rest, scale_factor=(1, 2, 2), mode="trilinear")
+    expected = torch.cat([head, rest], dim=2)
+    got = layer.space(layer.time(x))
+    assert got.shape == (1, 3, 11, 8, 8)
+    assert (got - expected).abs().max() < 1e-12
+    # In a stream the frame that needs the next one waits for it; the last chunk flushes it.
+    with causal_stream(layer):
+        parts = [layer.time(x[:, :, :2]), layer.time(x[:, :, 2:5])]
+        mark_last_chunk(layer)
+        parts.append(layer.time(x[:, :, 5:]))
+    assert [p.shape[2] for p in parts] == [2, 6, 3]
+    assert (layer.space(torch.cat(parts, dim=2)) - expected).abs().max() < 1e-12
 
 
 def test_groupnorm_variant_is_not_lossless() -> None:

@@ -103,27 +103,45 @@ def grid_positions(grid: Grid, device: torch.device | None = None) -> Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
-def rope_3d(grid: Grid, head_dim: int, theta: float = 10000.0, device: torch.device | None = None
-            ) -> tuple[Tensor, Tensor]:
-    """cos, sin of shape (N, head_dim // 2): channel pairs are split between the t, h, w axes."""
+RopePairing = Literal["adjacent", "halves"]
+
+
+def rope_3d(grid: Grid, head_dim: int, theta: float = 10000.0, device: torch.device | None = None,
+            dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (N, head_dim // 2): channel pairs are split between the t, h, w axes
+    (a third each when head_dim is a multiple of 6), ordered t, h, w, then by frequency.
+
+    Angles are float32 products (the usual RoPE formula, bit for bit upstream's); cos and sin
+    are taken in `dtype`."""
     pairs_hw = head_dim // 6
     pairs_t = head_dim // 2 - 2 * pairs_hw
     positions = grid_positions(grid, device).float()
     angles = []
     for axis, pairs in enumerate((pairs_t, pairs_hw, pairs_hw)):
-        inv_freq = theta ** (-torch.arange(pairs, device=device, dtype=torch.float32) / pairs)
-        angles.append(positions[:, axis, None] * inv_freq)
-    angle = torch.cat(angles, dim=-1)
+        exponents = torch.arange(0, 2 * pairs, 2, device=device).float() / (2 * pairs)
+        angles.append(positions[:, axis, None] * (1.0 / theta**exponents))
+    angle = torch.cat(angles, dim=-1).to(dtype)
     return angle.cos(), angle.sin()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs of x (B, N, heads, head_dim) by the per-token angles."""
-    x_pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    x0, x1 = x_pairs[..., 0], x_pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, pairing: RopePairing = "adjacent") -> Tensor:
+    """Rotate channel pairs of x (B, N, heads, head_dim) by the per-token angles.
+
+    "adjacent" pairs channels (2i, 2i+1); "halves" (Open-Sora-Plan's layout) splits head_dim
+    into t, h, w thirds and pairs channel j of a third with j + third/2. Computed in float32 or
+    wider."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = cos[:, None, :].to(dtype), sin[:, None, :].to(dtype)
+    if pairing == "adjacent":
+        x0, x1 = x.to(dtype).unflatten(-1, (-1, 2)).unbind(-1)
+    else:
+        x0, x1 = (h.flatten(-2) for h in x.to(dtype).unflatten(-1, (3, 2, -1)).unbind(-2))
+    r0, r1 = x0 * cos - x1 * sin, x0 * sin + x1 * cos
+    if pairing == "adjacent":
+        rotated = torch.stack((r0, r1), dim=-1)
+    else:
+        rotated = torch.stack((r0.unflatten(-1, (3, -1)), r1.unflatten(-1, (3, -1))), dim=-2)
+    return rotated.flatten(-3 if pairing == "halves" else -2).type_as(x)
 
 
 def set_key_mask(valid: Tensor | None, n: int, m: int, kind: LayerKind, grid: Grid, k: int,
@@ -144,14 +162,21 @@ def set_key_mask(valid: Tensor | None, n: int, m: int, kind: LayerKind, grid: Gr
 class SelfAttention(nn.Module):
     """Multi-head self-attention of one layer kind, with 3D RoPE on queries and keys."""
 
-    def __init__(self, dim: int, num_heads: int, kind: LayerKind = "full", sparse_k: int = 4):
+    def __init__(self, dim: int, num_heads: int, kind: LayerKind = "full", sparse_k: int = 4,
+                 rope_pairing: RopePairing = "adjacent"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         if kind in SPARSE_KINDS and sparse_k < 2:
             raise ValueError(f"sparse_k must be >= 2 for {kind}, got {sparse_k}")
+        if rope_pairing not in ("adjacent", "halves"):
+            raise ValueError(f"unknown rope_pairing {rope_pairing!r}; use 'adjacent' or 'halves'")
+        if rope_pairing == "halves" and (dim // num_heads) % 6:
+            raise ValueError(f"rope_pairing 'halves' needs a head_dim divisible by 6, "
+                             f"got {dim // num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.rope_pairing: RopePairing = rope_pairing
         self.kind: LayerKind = kind
         self.sparse_k = sparse_k
         self.to_qkv = nn.Linear(dim, 3 * dim)
@@ -163,7 +188,7 @@ class SelfAttention(nn.Module):
         b, n, dim = x.shape
         q, k, v = self.to_qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = (apply_rope(y, *rope, self.rope_pairing) for y in (q, k))
         out = attend_in_sets(q, k, v, self.kind, grid, self.sparse_k, valid)
         return self.to_out(out.reshape(b, n, dim))
 

@@ -4,6 +4,7 @@
     soraplan-dit encode --config pipelines/configs/dit_encode.yaml --shards S --out O vae=...
     soraplan-dit attention-distance --shape 24 32 32 --k 2 4 6 8 [--json]
     soraplan-dit text-encoder --out DIR --corpus captions.txt [--d-model 64]
+    soraplan-dit convert <Open-Sora-Plan v1.3 DiT folder> OUT   # released weights -> ours
 
 `text-encoder` saves a small randomly initialised T5 encoder with a word-level tokenizer over the
 corpus's words: an offline text encoder for trials and CPU runs (`text_encoder.path`,
@@ -91,6 +92,19 @@ def text_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def convert(cfg: None, args: argparse.Namespace) -> dict[str, object]:
+    from soraplan.model.dit.convert import convert_dit
+
+    return convert_dit(args.source, args.out, args.config)
+
+
+def convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="upstream checkpoint: a folder with config.json and weights, "
+                        "or a weights file (.safetensors, or a torch file of tensors only)")
+    parser.add_argument("out", help="folder to write (save_pretrained)")
+    parser.add_argument("--config", help="the upstream config.json when SOURCE is a weights file")
+
+
 COMMANDS = [
     Command("train", "train the DiT in this process (several: deepspeed pipelines/train_dit.py)",
             train, TrainDiTConfig),
@@ -100,6 +114,8 @@ COMMANDS = [
             attention_distance, arguments=distance_arguments),
     Command("text-encoder", "save a small random T5 encoder with a word-level tokenizer (offline trials)",
             text_encoder, arguments=text_encoder_arguments),
+    Command("convert", "convert a released Open-Sora-Plan v1.3 DiT checkpoint into a save_pretrained folder",
+            convert, arguments=convert_arguments),
 ]
 
 main = console_main("soraplan-dit", __doc__, COMMANDS)

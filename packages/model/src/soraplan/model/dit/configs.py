@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # importing diffusers costs seconds; the config needs it only
 DIT_CONFIGS: dict[str, dict[str, Any]] = {
     # Open-Sora-Plan v1.3 "2.7B": 32 layers, 24 heads x 96, mT5-XXL text states (4096), k=4.
     "skiparse-2.7b": dict(num_layers=32, num_heads=24, head_dim=96, text_dim=4096, sparse_k=4),
+    # The same with Open-Sora-Plan v1.3's layers, into which `soraplan-dit convert` loads its
+    # released weights: cross-attention on raw hidden states, RoPE pairs in halves of each third.
+    "skiparse-osp-v1.3": dict(num_layers=32, num_heads=24, head_dim=96, text_dim=4096, sparse_k=4,
+                              cross_attn_norm=False, rope_pairing="halves"),
     "skiparse-small": dict(num_layers=12, num_heads=12, head_dim=64, text_dim=4096, sparse_k=4),
     # The toy world's DiT: 8-channel WF-VAE latents of 64x64 shots (5 x 8 x 8), patches of 2x2
     # -> 80 tokens; a small T5-class text encoder (64); skiparse k=2 between full first and last

@@ -17,6 +17,7 @@ from soraplan.model.dit.attention import (
     CrossAttention,
     Grid,
     LayerKind,
+    RopePairing,
     SelfAttention,
     layer_kinds,
     rope_3d,
@@ -26,11 +27,13 @@ from torch import Tensor, nn
 
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, kind: LayerKind, sparse_k: int,
-                 mlp_ratio: float) -> None:
+                 mlp_ratio: float, cross_attn_norm: bool = True,
+                 rope_pairing: RopePairing = "adjacent") -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads, kind, sparse_k)
-        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads, kind, sparse_k, rope_pairing)
+        # Off: cross-attention reads the raw hidden states (PixArt, Open-Sora-Plan v1.3).
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, num_heads)
         self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
@@ -68,6 +71,8 @@ class SkiparseDiT(AutoModelFiles, ModelMixin, ConfigMixin):
         patch_size_t: int = 1,
         mlp_ratio: float = 4.0,
         rope_theta: float = 10000.0,
+        cross_attn_norm: bool = True,  # LayerNorm (learned affine) before text cross-attention
+        rope_pairing: RopePairing = "adjacent",  # "halves": Open-Sora-Plan's RoPE channel layout
     ) -> None:
         super().__init__()
         dim = num_heads * head_dim
@@ -80,7 +85,8 @@ class SkiparseDiT(AutoModelFiles, ModelMixin, ConfigMixin):
         kinds = layer_kinds(attention_mode, num_layers,
                             [0, 1, -2, -1] if full_layers is None else full_layers)
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, num_heads, kind, sparse_k, mlp_ratio) for kind in kinds)
+            DiTBlock(dim, num_heads, kind, sparse_k, mlp_ratio, cross_attn_norm, rope_pairing)
+            for kind in kinds)
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.out_scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, patch_dim)
@@ -110,7 +116,8 @@ class SkiparseDiT(AutoModelFiles, ModelMixin, ConfigMixin):
         time_emb = self.time_embed(self.time_proj(timestep).to(x.dtype))
         time_mod = self.time_mod(time_emb).unflatten(1, (6, -1))
         text = self.caption_projection(text_states.to(x.dtype))
-        rope = rope_3d(grid, self.config.head_dim, self.config.rope_theta, x.device)
+        rope = rope_3d(grid, self.config.head_dim, self.config.rope_theta, x.device,
+                       torch.promote_types(x.dtype, torch.float32))
         for block in self.blocks:
             args = (x, time_mod, text, text_mask, grid, rope, valid)
             if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -5,6 +5,7 @@
     soraplan-vae reconstruct --shards out/curated --clips 16 recon/ --model.pretrained runs/vae_tiny
     soraplan-vae train --config pipelines/configs/vae_tiny.yaml data.video_dirs=[DIR] steps=100
     soraplan-vae latent-stats --vae runs/vae_tiny --shards out/curated --out models/wfvae
+    soraplan-vae convert <upstream WF-VAE folder> OUT     # released weights -> ours
 
 `train` runs in this process; several processes: `deepspeed pipelines/train_vae.py ...`.
 Reconstruction encodes and decodes in time chunks (exact, bounded memory) and prints the
@@ -214,6 +215,19 @@ def train(cfg: TrainVAEConfig, args: argparse.Namespace) -> None:
     VAETrainer(cfg).fit()
 
 
+def convert(cfg: None, args: argparse.Namespace) -> dict[str, object]:
+    from soraplan.model.vae.convert import convert_vae
+
+    return convert_vae(args.source, args.out, args.config)
+
+
+def convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="upstream checkpoint: a folder with config.json and weights, "
+                        "or a weights file (.safetensors, or a torch file of tensors only)")
+    parser.add_argument("out", help="folder to write (save_pretrained)")
+    parser.add_argument("--config", help="the upstream config.json when SOURCE is a weights file")
+
+
 COMMANDS = [
     Command("train", "train WF-VAE in this process (several: deepspeed pipelines/train_vae.py)",
             train, TrainVAEConfig),
@@ -225,6 +239,8 @@ COMMANDS = [
     Command("latent-stats", "write per-channel latent mean and scale into the VAE's config",
             lambda cfg, args: latent_stats(cfg), LatentStatsConfig, latent_stats_arguments,
             {"vae": "vae", "out": "out", "shards": "data.shard_dirs", "videos": "data.video_dirs"}),
+    Command("convert", "convert a released WF-VAE (PKU-YuanGroup/WF-VAE or Open-Sora-Plan v1.3's VAE) checkpoint into a save_pretrained folder",
+            convert, arguments=convert_arguments),
 ]
 
 main = console_main("soraplan-vae", __doc__, COMMANDS)

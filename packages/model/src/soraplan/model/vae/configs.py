@@ -11,10 +11,21 @@ from soraplan.core.config import ConfigError
 from soraplan.core.train.checkpoint import resolve_pretrained
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
 
+UPSTREAM_LAYERS: dict[str, Any] = dict(decoder_upsample="trilinear", haar3d_tap=0.3536)
+
 WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
     "wfvae-s": dict(base_channels=128, latent_channels=8),
     "wfvae-m": dict(base_channels=160, latent_channels=4),
-    "wfvae-l": dict(base_channels=192, latent_channels=16),
+    # The released WF-VAE-L's widths (encoder energy flow 128, as its config).
+    "wfvae-l": dict(base_channels=192, latent_channels=16, encoder_energy_flow_channels=128),
+    # Upstream-compatible: the released weights converted by `soraplan-vae convert` load into
+    # these (trilinear decoder upsampling, upstream's rounded 3D Haar taps).
+    # WF-VAE-L-16Chn (PKU-YuanGroup/WF-VAE, 316M).
+    "wfvae-l-16chn": dict(base_channels=192, latent_channels=16, encoder_energy_flow_channels=128,
+                          **UPSTREAM_LAYERS),
+    # Open-Sora-Plan v1.3's 8-channel WF-VAE-S (its latent scale and shift come with the
+    # converted weights).
+    "wfvae-s-osp-v1.3": dict(base_channels=128, latent_channels=8, **UPSTREAM_LAYERS),
     # Small enough to train on a CPU in minutes; for tests, smoke runs and the CPU figures.
     "wfvae-tiny": dict(
         base_channels=16,

@@ -20,7 +20,9 @@ from torch import nn
 
 from soraplan.model.auto import AutoModelFiles
 from soraplan.model.vae.modules import (
+    HAAR3D_TAP,
     CausalConv3d,
+    FrameAligner,
     FrameAttention,
     FrameConv2d,
     HaarWavelet2D,
@@ -33,8 +35,10 @@ from soraplan.model.vae.modules import (
     SpatialUpsample,
     SpatioTemporalDownsample,
     SpatioTemporalUpsample,
+    UpsampleMode,
     causal_stream,
     make_norm,
+    mark_last_chunk,
 )
 
 RGB = 3
@@ -92,12 +96,13 @@ class Encoder(nn.Module):
         energy_flow_channels: int,
         norm_type: NormType,
         use_attention: bool,
+        haar3d_tap: float = HAAR3D_TAP,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
-        self.wavelet_in = HaarWavelet3D()
+        self.wavelet_in = HaarWavelet3D(haar3d_tap)
         self.wavelet_l1 = HaarWavelet2D()
-        self.wavelet_l2 = HaarWavelet3D()
+        self.wavelet_l2 = HaarWavelet3D(haar3d_tap)
         self.down1 = nn.Sequential(
             FrameConv2d(8 * RGB, c, 3, padding=1),
             *[ResnetBlock(c, c, norm_type, temporal=False) for _ in range(num_res_blocks)],
@@ -135,6 +140,8 @@ class Decoder(nn.Module):
         connect_res_blocks: int,
         norm_type: NormType,
         use_attention: bool,
+        upsample: UpsampleMode = "nearest",
+        haar3d_tap: float = HAAR3D_TAP,
     ) -> None:
         super().__init__()
         c, e = base_channels, energy_flow_channels
@@ -143,7 +150,7 @@ class Decoder(nn.Module):
         self.mid = _mid_block(4 * c, 4 * c, 4 * c + e, norm_type, use_attention)
         self.up2 = nn.Sequential(
             *[ResnetBlock(4 * c, 4 * c, norm_type, temporal=True) for _ in range(num_res_blocks)],
-            SpatioTemporalUpsample(4 * c),
+            SpatioTemporalUpsample(4 * c, upsample),
             ResnetBlock(4 * c, 4 * c + e, norm_type, temporal=True),
         )
         self.up1 = nn.Sequential(
@@ -168,9 +175,11 @@ class Decoder(nn.Module):
         )
         self.norm_out = make_norm(norm_type, c)
         self.conv_out = FrameConv2d(c, 8 * RGB, 3, padding=1)
-        self.inverse_wavelet_l2 = InverseHaarWavelet3D()
+        self.inverse_wavelet_l2 = InverseHaarWavelet3D(haar3d_tap)
         self.inverse_wavelet_l1 = InverseHaarWavelet2D()
-        self.inverse_wavelet_out = InverseHaarWavelet3D()
+        self.inverse_wavelet_out = InverseHaarWavelet3D(haar3d_tap)
+        # With "trilinear" upsampling a stream's up2 path runs a frame behind the level-2 band.
+        self.align_l2 = FrameAligner()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, WaveletCoeffs, torch.Tensor]:
         """Video, the predicted wavelet low bands, and the input of the last layer `conv_out`."""
@@ -179,10 +188,12 @@ class Decoder(nn.Module):
         l2_coeffs = self.connect_l2(h[:, -e:])
         l2_low = self.inverse_wavelet_l2(l2_coeffs)
         h = self.up2(h[:, :-e])
-        l1_coeffs = self.connect_l1(h[:, -e:])
+        l1_coeffs, l2_low = self.align_l2(self.connect_l1(h[:, -e:]), l2_low)
         l1_coeffs = torch.cat([l1_coeffs[:, :RGB] + l2_low, l1_coeffs[:, RGB:]], dim=1)
         l1_low = self.inverse_wavelet_l1(l1_coeffs)
-        features = nn.functional.silu(self.norm_out(self.up0(self.up1(h[:, :-e]))))
+        h = self.up1(h[:, :-e])  # rebinding h frees up2's output before up0 runs
+        features = nn.functional.silu(self.norm_out(self.up0(h)))
+        del h
         coeffs = self.conv_out(features)
         coeffs = torch.cat([coeffs[:, :RGB] + l1_low, coeffs[:, RGB:]], dim=1)
         return self.inverse_wavelet_out(coeffs), (l1_coeffs, l2_coeffs), features
@@ -213,6 +224,11 @@ class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
         connect_res_blocks: int = 1,
         use_attention: bool = True,
         norm_type: NormType = "layernorm",
+        # Decoder's 2x time-and-space upsampling: "nearest" repeats frames and pixels,
+        # "trilinear" interpolates as upstream WF-VAE releases (both decode losslessly in chunks).
+        decoder_upsample: UpsampleMode = "nearest",
+        # Magnitude of the 3D Haar filter taps: orthonormal 2**-1.5; upstream rounds it to 0.3536.
+        haar3d_tap: float = HAAR3D_TAP,
         # Latents for the DiT are (z - shift_factor) * scaling_factor, per channel when these are
         # lists (`soraplan-vae latent-stats` writes the channel means and 1 / stds here, as
         # upstream WF-VAE releases carry them).
@@ -227,6 +243,7 @@ class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
             encoder_energy_flow_channels,
             norm_type,
             use_attention,
+            haar3d_tap,
         )
         self.decoder = Decoder(
             latent_channels,
@@ -236,6 +253,8 @@ class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
             connect_res_blocks,
             norm_type,
             use_attention,
+            decoder_upsample,
+            haar3d_tap,
         )
 
     def _latent_affine(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,15 +296,24 @@ class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
             slice(s, min(s + chunk, t)) for s in range(chunk + 1, t, chunk)
         ]
 
+    @staticmethod
+    def _stream(module: nn.Module, x: torch.Tensor, chunks: list[slice]) -> torch.Tensor:
+        """`module`'s first output for `x`, computed chunk by chunk along time. The last chunk
+        is marked, so no layer keeps frames for a next one (a single chunk keeps none)."""
+        parts = []
+        with causal_stream(module):
+            for i, s in enumerate(chunks):
+                if i == len(chunks) - 1:
+                    mark_last_chunk(module)
+                parts.append(module(x[:, :, s])[0])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
     def encode(
         self, x: torch.Tensor, chunk_frames: int | None = None, return_dict: bool = True
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Posterior over latents of video `x` in [-1, 1]; `chunk_frames` bounds memory, exactly."""
         self._check_video(x)
-        with causal_stream(self.encoder):
-            moments = torch.cat(
-                [self.encoder(x[:, :, s])[0] for s in self._chunks(x.shape[2], chunk_frames)], dim=2
-            )
+        moments = self._stream(self.encoder, x, self._chunks(x.shape[2], chunk_frames))
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
@@ -293,11 +321,7 @@ class WFVAEModel(AutoModelFiles, ModelMixin, ConfigMixin):
         self, z: torch.Tensor, chunk_latents: int | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Video from latents; `chunk_latents` decodes that many latent frames at a time, exactly."""
-        with causal_stream(self.decoder):
-            video = torch.cat(
-                [self.decoder(z[:, :, s])[0] for s in self._chunks(z.shape[2], chunk_latents)],
-                dim=2,
-            )
+        video = self._stream(self.decoder, z, self._chunks(z.shape[2], chunk_latents))
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(
