@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+from functools import lru_cache
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,11 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 MATCH_FRAMES = 2
 
 
+@lru_cache(maxsize=None)
 def frame_times(path: Path) -> np.ndarray:
     return np.asarray([f.time_s for f in iter_frames(path, size=(32, 18))])
 
 
-def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path) -> dict:
+def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path, column: str = "cut_times_s") -> dict:
+    """P/R/F1 of the cuts in `column`: `cut_times_s` (combined), `scene_cut_times_s` (the scene
+    detector alone) or `jump_cut_times_s` (confirmed jump cuts alone, before merging)."""
     tp = fp = fn = 0
     per_file = {}
     for item in labels()["cuts"]:
@@ -45,7 +49,7 @@ def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path) -> dict:
         if not rows:
             continue
         times = frame_times(videos / item["file"])
-        detected = [int(np.searchsorted(times, t - 1e-6)) for t in rows[0]["cut_times_s"]]
+        detected = [int(np.searchsorted(times, t - 1e-6)) for t in rows[0][column] or []]
         gradual = [g["frames"] for g in item.get("gradual", [])]
         detected = [d for d in detected if not any(a - MATCH_FRAMES <= d <= b + MATCH_FRAMES for a, b in gradual)]
         unmatched = list(item["cuts"])
@@ -116,6 +120,8 @@ def main() -> None:
         "motion_backend": cfg.analyze.motion.backend,
         "motion_bounds": list(cfg.analyze.motion.bounds()),
         "cuts": cut_scores(rows_by_file, videos),
+        "cuts_scene_detector_alone": cut_scores(rows_by_file, videos, "scene_cut_times_s"),
+        "cuts_jump_cuts_alone": cut_scores(rows_by_file, videos, "jump_cut_times_s"),
         "subtitles": subtitle_scores(rows_by_file),
         "static": static_scores(rows_by_file),
         "errors": summary["errors"],
