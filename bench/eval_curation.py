@@ -82,6 +82,10 @@ def subtitle_scores(rows_by_file: dict[str, list[dict]]) -> dict:
         "flagged": sorted(flagged),
         "missed": sorted(positives - flagged),
         "watermark_or_scene_text_rejected": sorted(flagged & must_pass),
+        # Flagged clips without a subtitle or caption-overlay label (unlabelled ones included).
+        "false_rejects": sorted(flagged - positives),
+        "evidence": {f: next(r["subtitle_evidence"] for r in rows_by_file[f] if r["subtitles"]) for f in sorted(flagged)},
+        "slides_found": sorted(f for f, rows in rows_by_file.items() if any(r["slides"] for r in rows)),
     }
 
 

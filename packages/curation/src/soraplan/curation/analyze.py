@@ -196,7 +196,8 @@ class ClipAnalyzer:
             }) for s in segments]
         columns = set(self.schema.names) - ANALYZER_COLUMNS
         for stage in self.stages:
-            todo = [s for s in segments if self.cfg.score_all or not rows[s.index]["reject_reasons"]]
+            everything = self.cfg.score_all or stage.scores_rejected
+            todo = [s for s in segments if everything or not rows[s.index]["reject_reasons"]]
             if not todo:
                 continue
             with _Phase(stage.name, timings):

@@ -74,6 +74,9 @@ class MotionStage(Stage):
 
     name = "motion"
     reasons = (REASON_STATIC, REASON_CHAOTIC)
+    # The distances are measured once per clip, so scoring a too-short stub costs nothing, and a
+    # still stub is then rejected `static` as well, which says what it is.
+    scores_rejected = True
     backend: str  # the `motion_backend` column
 
     def __init__(self, cfg: MotionConfig) -> None:

@@ -9,8 +9,9 @@ A stage's life in one Ray actor:
                                        stage's `sampling` takes (every frame, every n-th, n per second)
       finish(clip)                     after the pass: per-clip work (flow distances, post-processing);
                                        may publish signals that later stages read
-      score_segments(segments)         after the split: one (columns, reject_reasons) per segment;
-                                       the default loops over `score(segment)`
+      score_segments(segments)         after the split: one (columns, reject_reasons) per segment
+                                       no earlier stage rejected (every one with score_all or the
+                                       stage's `scores_rejected`); the default loops over `score`
 
 A stage declares its `name` (its funnel row, timing key and error stage), the `reasons` it can
 give, its `resources`, and `extra_columns`: columns beyond core's clip schema that it writes,
@@ -148,6 +149,9 @@ class Stage:
     resources: ClassVar[Resources] = Resources()
     extra_columns: ClassVar[tuple[pa.Field, ...]] = ()
     sampling: FrameSampler | None = None  # None: the stage observes no frames
+    # Score segments an earlier stage rejected too (a cheap stage whose columns or reasons
+    # tell the reviewer more, e.g. motion on a too-short stub), not only with `score_all`.
+    scores_rejected: ClassVar[bool] = False
 
     def setup(self) -> None:
         pass
