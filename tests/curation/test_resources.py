@@ -4,6 +4,7 @@ from pathlib import Path
 
 from soraplan.curation.aesthetic import AestheticScorer
 from soraplan.curation.camera import CameraMotion
+from soraplan.curation.clip_score import ClipScorer
 from soraplan.core.config import load_config
 from soraplan.curation.cuts import SceneCutDetector
 from soraplan.curation.motion import FlowMotion, LpipsMotion
@@ -32,7 +33,8 @@ def test_default_profile_takes_no_gpu_and_leaves_the_writer_a_cpu():
 
 def test_full_profile_asks_for_the_aesthetic_gpu_share_only_where_there_are_gpus():
     cfg = profile("curate_full.yaml")
-    assert cfg.analyze.stage_classes() == [SceneCutDetector, LpipsMotion, CameraMotion, TextDetector, AestheticScorer]
+    assert cfg.analyze.stage_classes() == [SceneCutDetector, LpipsMotion, CameraMotion, TextDetector, AestheticScorer,
+                                             ClipScorer]
     assert cfg.analyze.resources() == Resources(cpus=1.0, gpus=0.5)
     assert actor_resources(cfg, cluster_gpus=0) == Resources(cpus=0.9, gpus=0.0)
     assert actor_resources(cfg, cluster_gpus=2) == Resources(cpus=0.9, gpus=0.5)

@@ -34,6 +34,7 @@ from soraplan.core.schema import (
 from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe
 from soraplan.curation.aesthetic import AestheticConfig
 from soraplan.curation.camera import CameraConfig
+from soraplan.curation.clip_score import ClipScoreConfig
 from soraplan.curation.cuts import CutsConfig
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
@@ -61,8 +62,12 @@ class AnalyzeConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
 
     def validate(self) -> None:
+        if self.clip_score.enabled and not self.aesthetic.enabled:
+            raise ConfigError("clip_score.enabled needs aesthetic.enabled: it reuses the aesthetic stage's "
+                              "CLIP image embeddings")
         classes = self.stage_classes()
         splitters = [c.__name__ for c in classes if issubclass(c, SplitStage)]
         if len(splitters) != 1:
