@@ -9,7 +9,9 @@ gets every score, then compares with labels.json:
 - subtitles: a clip counts as rejected for subtitles if any segment is; positives are clips with
   `subtitle` or `caption_overlay` text, and clips with only watermarks or scene text must pass.
 - static: in labelled static clips, every segment long enough to keep must be rejected as static.
-It also prints the motion scores of every clip, from which the flow bounds were calibrated.
+- camera motion: the label of synthetic pans, tilts, zooms, shake, still and locked-off views
+  (`soraplan.curation.testing`, 2 seeds x 2 speeds each), analysed in-process.
+It also prints the motion scores of every clip, from which the flow and LPIPS bounds were calibrated.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
+from functools import lru_cache
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,17 +31,23 @@ from _devset import devset_dir, labels
 from soraplan.core.config import load_config
 from soraplan.curation.pipeline import CurateConfig, run
 from soraplan.core.schema import read_clip_table
-from soraplan.core.video import iter_frames
+from soraplan.core.inputs import InputClip
+from soraplan.core.video import iter_frames, write_video
+from soraplan.curation.analyze import ClipAnalyzer
+from soraplan.curation.testing import CAMERA_KINDS, EXPECTED_LABEL, camera_clip
 
 REPO = Path(__file__).resolve().parents[1]
 MATCH_FRAMES = 2
 
 
+@lru_cache(maxsize=None)
 def frame_times(path: Path) -> np.ndarray:
     return np.asarray([f.time_s for f in iter_frames(path, size=(32, 18))])
 
 
-def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path) -> dict:
+def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path, column: str = "cut_times_s") -> dict:
+    """P/R/F1 of the cuts in `column`: `cut_times_s` (combined), `scene_cut_times_s` (the scene
+    detector alone) or `jump_cut_times_s` (confirmed jump cuts alone, before merging)."""
     tp = fp = fn = 0
     per_file = {}
     for item in labels()["cuts"]:
@@ -45,7 +55,7 @@ def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path) -> dict:
         if not rows:
             continue
         times = frame_times(videos / item["file"])
-        detected = [int(np.searchsorted(times, t - 1e-6)) for t in rows[0]["cut_times_s"]]
+        detected = [int(np.searchsorted(times, t - 1e-6)) for t in rows[0][column] or []]
         gradual = [g["frames"] for g in item.get("gradual", [])]
         detected = [d for d in detected if not any(a - MATCH_FRAMES <= d <= b + MATCH_FRAMES for a, b in gradual)]
         unmatched = list(item["cuts"])
@@ -78,6 +88,10 @@ def subtitle_scores(rows_by_file: dict[str, list[dict]]) -> dict:
         "flagged": sorted(flagged),
         "missed": sorted(positives - flagged),
         "watermark_or_scene_text_rejected": sorted(flagged & must_pass),
+        # Flagged clips without a subtitle or caption-overlay label (unlabelled ones included).
+        "false_rejects": sorted(flagged - positives),
+        "evidence": {f: next(r["subtitle_evidence"] for r in rows_by_file[f] if r["subtitles"]) for f in sorted(flagged)},
+        "slides_found": sorted(f for f, rows in rows_by_file.items() if any(r["slides"] for r in rows)),
     }
 
 
@@ -93,6 +107,23 @@ def static_scores(rows_by_file: dict[str, list[dict]]) -> dict:
     others_static = sorted(f for f, rows in rows_by_file.items() if f not in static and all_static(rows))
     return {"recall": len(found) / len(static), "labelled": sorted(static), "missed": sorted(static - found),
             "unlabelled_clips_rejected_static": others_static}
+
+
+def camera_scores(cfg: CurateConfig, folder: Path) -> dict:
+    """Accuracy of the camera-motion label on synthetic camera work, with the job's config."""
+    analyzer = ClipAnalyzer(replace(cfg.analyze, ocr=replace(cfg.analyze.ocr, enabled=False), score_all=True))
+    confusions, right, total = defaultdict(int), 0, 0
+    for kind in CAMERA_KINDS:
+        for seed in (1, 2):
+            for speed in (1.0, 3.0):
+                path = write_video(folder / f"{kind}_{seed}_{speed}.mp4", camera_clip(kind, speed=speed, seed=seed), 24)
+                (row,) = analyzer.analyze(InputClip(source_id=path.name, path=str(path)))
+                expected = EXPECTED_LABEL.get(kind, kind)
+                right += row["camera_motion"] == expected
+                total += 1
+                if row["camera_motion"] != expected:
+                    confusions[f"{kind} {speed} px/frame -> {row['camera_motion']}"] += 1
+    return {"accuracy": right / total, "clips": total, "errors": dict(confusions)}
 
 
 def main() -> None:
@@ -116,8 +147,11 @@ def main() -> None:
         "motion_backend": cfg.analyze.motion.backend,
         "motion_bounds": list(cfg.analyze.motion.bounds()),
         "cuts": cut_scores(rows_by_file, videos),
+        "cuts_scene_detector_alone": cut_scores(rows_by_file, videos, "scene_cut_times_s"),
+        "cuts_jump_cuts_alone": cut_scores(rows_by_file, videos, "jump_cut_times_s"),
         "subtitles": subtitle_scores(rows_by_file),
         "static": static_scores(rows_by_file),
+        "camera_motion_synthetic": camera_scores(cfg, Path(tempfile.mkdtemp(prefix="eval_camera_"))),
         "errors": summary["errors"],
         "motion_scores_by_clip": motion,
         "out": str(out),

@@ -38,7 +38,17 @@ def test_hard_cuts_split_the_clip_within_two_frames(analyzer, media):
 def test_short_segments_are_rejected_and_skip_later_stages(analyzer, media):
     rows = analyze(analyzer, media["short_shot"])
     assert [r["reject_reasons"] for r in rows] == [[], ["too_short"], []]
-    assert rows[1]["motion_score"] is None and rows[1]["ocr_area_ratio"] is None
+    # Motion still scores the stub (it costs nothing); the costly stages skip it.
+    assert rows[1]["motion_score"] > 0 and rows[1]["ocr_area_ratio"] is None
+
+
+def test_a_still_stub_is_static_as_well_as_too_short(analyzer, tmp_path):
+    texture = scene_texture(6, 180, 320)
+    moving = [texture[:180, 2 * i : 2 * i + 320] for i in range(60)]
+    still = [texture[100:280, 300:620]] * 30
+    path = write_video(tmp_path / "stub.mp4", np.stack(moving + still + moving), fps=24)
+    rows = analyze(analyzer, path)
+    assert [r["reject_reasons"] for r in rows] == [[], ["too_short", "static"], []]
 
 
 def test_score_all_scores_rejected_segments_too(media):

@@ -58,7 +58,7 @@ def test_every_numeric_setting_declares_its_range():
     ("analyze.aesthetic.positions=[0.5,1.2]", "analyze.aesthetic.positions[1]: 1.2 is out of range"),
     ("analyze.aesthetic.positions=[]", "analyze.aesthetic: positions is empty"),
     ("analyze.motion.flow_min=0.2", "analyze.motion: flow_min=0.2 must not exceed flow_max=0.12"),
-    ("analyze.motion.lpips_max=0.0001", "analyze.motion: lpips_min=0.001 must not exceed lpips_max=0.0001"),
+    ("analyze.motion.lpips_max=0.0001", "analyze.motion: lpips_min=0.013 must not exceed lpips_max=0.0001"),
     ("analyze.cuts.min_content_val=300", "analyze.cuts.min_content_val: 300.0 is out of range (allowed: 0 <= value <= 255)"),
 ])
 def test_bad_settings_fail_when_the_config_loads(override, expected, curate, capsys, tmp_path):
@@ -73,3 +73,12 @@ def test_bad_settings_fail_when_the_config_loads(override, expected, curate, cap
 def test_weights_download_checks_the_same_ranges(curate, capsys, tmp_path):
     assert curate("weights", "download", "--to", tmp_path, "analyze.motion.frame_skip=0") == 2
     assert "analyze.motion.frame_skip: 0 is out of range" in capsys.readouterr().err
+
+
+def test_lpips_bounds_come_from_a_named_preset_unless_set():
+    from soraplan.curation.motion import LPIPS_BOUNDS, MotionConfig
+
+    assert MotionConfig(backend="lpips").bounds() == LPIPS_BOUNDS["devset"]
+    assert MotionConfig(backend="lpips", lpips_bounds="open_sora_plan").bounds() == (0.001, 0.3)
+    assert MotionConfig(backend="lpips", lpips_min=0.002).bounds() == (0.002, LPIPS_BOUNDS["devset"][1])
+    assert MotionConfig().bounds() == (0.002, 0.12)  # the flow backend's own

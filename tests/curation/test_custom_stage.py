@@ -75,7 +75,7 @@ def dark_video(tmp_path_factory):
 
 def test_a_plugged_in_stage_writes_its_column_reason_timing_and_funnel_row(media, dark_video, tmp_path):
     cfg = quick()
-    assert [c.name for c in cfg.stage_classes()] == ["cuts", "motion", "brightness"]
+    assert [c.name for c in cfg.stage_classes()] == ["cuts", "motion", "camera", "brightness"]
     analyzer = ClipAnalyzer(cfg)
     # As Ray Data calls it: a batch of input clip columns in, a table in the output schema out.
     table = analyzer({"source_id": np.array(["moving", "dark"]),

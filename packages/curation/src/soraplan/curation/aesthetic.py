@@ -25,6 +25,10 @@ from soraplan.curation.weights import offline, weights_dir
 LAION_MLP_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                  "sac+logos+ava1-l14-linearMSE.pth")
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+# Signals published per clip for the clip_score stage: {segment index: L2-normalised CLIP image
+# embeddings (k, D) of its scored frames}, and a function from texts to normalised text embeddings.
+CLIP_IMAGE_EMBEDDINGS = "aesthetic.image_embeddings"
+CLIP_TEXT_ENCODER = "aesthetic.text_encoder"
 
 
 @dataclass
@@ -142,6 +146,9 @@ class AestheticScorer(Stage):
         # A small buffer of frames to pick each segment's 10/50/90% frames from after the split.
         self.times: list[float] = []
         self.images: list[np.ndarray] = []
+        self.clip = clip
+        clip.signals[CLIP_IMAGE_EMBEDDINGS] = {}
+        clip.signals[CLIP_TEXT_ENCODER] = self.encode_text
 
     def observe(self, frame: np.ndarray, time_s: float) -> None:
         self.times.append(time_s)
@@ -150,14 +157,16 @@ class AestheticScorer(Stage):
     def score_segments(self, segments: list[Segment]) -> list[Score]:
         """One batched pass over the picked frames of every segment given."""
         picks = [pick_frames(self.times, s.start_s, s.end_s, self.cfg.positions) for s in segments]
-        scores = self.process([self.images[k] for p in picks for k in p])
+        scores, embeddings = self.process([self.images[k] for p in picks for k in p], with_embeddings=True)
+        published = self.clip.signals[CLIP_IMAGE_EMBEDDINGS]
         out: list[Score] = []
         offset = 0
-        for p in picks:
+        for segment, p in zip(segments, picks):
             if not p:
                 out.append(({}, []))
                 continue
             score = float(scores[offset : offset + len(p)].mean())
+            published[segment.index] = embeddings[offset : offset + len(p)]
             offset += len(p)
             out.append(({"aesthetic_score": score}, [REASON_LOW_AESTHETIC] if score < self.cfg.min_score else []))
         return out
@@ -180,10 +189,11 @@ class AestheticScorer(Stage):
         y0, x0 = (nh - s) // 2, (nw - s) // 2
         return self.torch.from_numpy(np.ascontiguousarray(resized[y0 : y0 + s, x0 : x0 + s]))
 
-    def process(self, frames: list[np.ndarray]) -> np.ndarray:
-        """Aesthetic score per frame, `cfg.batch_size` frames per forward pass."""
+    def process(self, frames: list[np.ndarray], with_embeddings: bool = False) -> Any:
+        """Aesthetic score per frame, `cfg.batch_size` frames per forward pass; with
+        `with_embeddings`, also the frames' L2-normalised CLIP embeddings (N, D)."""
         torch = self.torch
-        scores = []
+        scores, embeddings = [], []
         with torch.inference_mode():
             for i in range(0, len(frames), self.cfg.batch_size):
                 pixels = torch.stack([self._pixels(f) for f in frames[i : i + self.cfg.batch_size]])
@@ -191,7 +201,29 @@ class AestheticScorer(Stage):
                 embedding = self.visual(x.to(self.device, self.dtype))
                 embedding = embedding / embedding.norm(dim=-1, keepdim=True)
                 scores.append(self.mlp(embedding).float().flatten().cpu().numpy())
-        return np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
+                embeddings.append(embedding.float().cpu().numpy())
+        scores = np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
+        if not with_embeddings:
+            return scores
+        return scores, (np.concatenate(embeddings).astype(np.float64) if embeddings else np.zeros((0, 0)))
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised CLIP text embeddings (N, D) of the same CLIP model. The text tower is
+        loaded on first use (from the weights setup() already found), so that only a job that
+        asks for text-frame scores holds it."""
+        torch = self.torch
+        if not hasattr(self, "text_model"):
+            import open_clip
+
+            model = self.load_clip()
+            del model.visual  # the image side is self.visual already
+            self.text_model = model.eval().to(self.device, self.dtype)
+            self.tokenizer = open_clip.get_tokenizer(self.cfg.clip_model)
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            embedding = self.text_model.encode_text(tokens)
+            embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        return embedding.float().cpu().numpy().astype(np.float64)
 
 
 def pick_frames(times: list[float], start: float, end: float, positions: tuple[float, ...]) -> list[int]:

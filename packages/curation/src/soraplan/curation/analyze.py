@@ -33,6 +33,8 @@ from soraplan.core.schema import (
 )
 from soraplan.core.video import VideoDecodeError, fit_short_side, iter_frames, probe
 from soraplan.curation.aesthetic import AestheticConfig
+from soraplan.curation.camera import CameraConfig
+from soraplan.curation.clip_score import ClipScoreConfig
 from soraplan.curation.cuts import CutsConfig
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
@@ -57,10 +59,15 @@ class AnalyzeConfig:
     # A new stage is one file (its config section and stage class) and one line here.
     cuts: CutsConfig = field(default_factory=CutsConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
 
     def validate(self) -> None:
+        if self.clip_score.enabled and not self.aesthetic.enabled:
+            raise ConfigError("clip_score.enabled needs aesthetic.enabled: it reuses the aesthetic stage's "
+                              "CLIP image embeddings")
         classes = self.stage_classes()
         splitters = [c.__name__ for c in classes if issubclass(c, SplitStage)]
         if len(splitters) != 1:
@@ -196,7 +203,8 @@ class ClipAnalyzer:
             }) for s in segments]
         columns = set(self.schema.names) - ANALYZER_COLUMNS
         for stage in self.stages:
-            todo = [s for s in segments if self.cfg.score_all or not rows[s.index]["reject_reasons"]]
+            everything = self.cfg.score_all or stage.scores_rejected
+            todo = [s for s in segments if everything or not rows[s.index]["reject_reasons"]]
             if not todo:
                 continue
             with _Phase(stage.name, timings):

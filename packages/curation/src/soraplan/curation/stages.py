@@ -9,8 +9,9 @@ A stage's life in one Ray actor:
                                        stage's `sampling` takes (every frame, every n-th, n per second)
       finish(clip)                     after the pass: per-clip work (flow distances, post-processing);
                                        may publish signals that later stages read
-      score_segments(segments)         after the split: one (columns, reject_reasons) per segment;
-                                       the default loops over `score(segment)`
+      score_segments(segments)         after the split: one (columns, reject_reasons) per segment
+                                       no earlier stage rejected (every one with score_all or the
+                                       stage's `scores_rejected`); the default loops over `score`
 
 A stage declares its `name` (its funnel row, timing key and error stage), the `reasons` it can
 give, its `resources`, and `extra_columns`: columns beyond core's clip schema that it writes,
@@ -133,6 +134,12 @@ class Segment:
         return self.start_s - TIME_EPS <= time_s < self.end_s - TIME_EPS
 
 
+def pairs_inside(sample_times: np.ndarray, segment: Segment) -> np.ndarray:
+    """Mask over the pairs of neighbouring samples: both frames inside the segment."""
+    t = sample_times
+    return (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+
+
 def split_segments(start_s: float, end_s: float, cuts_s: list[float]) -> list[tuple[float, float]]:
     """[start, end) split at the cut times that fall strictly inside it."""
     bounds = [start_s] + [c for c in cuts_s if start_s < c < end_s] + [end_s]
@@ -148,6 +155,9 @@ class Stage:
     resources: ClassVar[Resources] = Resources()
     extra_columns: ClassVar[tuple[pa.Field, ...]] = ()
     sampling: FrameSampler | None = None  # None: the stage observes no frames
+    # Score segments an earlier stage rejected too (a cheap stage whose columns or reasons
+    # tell the reviewer more, e.g. motion on a too-short stub), not only with `score_all`.
+    scores_rejected: ClassVar[bool] = False
 
     def setup(self) -> None:
         pass

@@ -1,0 +1,142 @@
+"""Camera motion from the optical flow: a label per segment and the camera-vs-subject split.
+
+Per pair of sampled frames, a similarity model (shift, zoom, roll) is fitted to the flow field
+by least squares, refitted on the points it explains (the background, for a camera move; moving
+subjects are left out): the model's flow is the camera's, what it leaves is the subjects'. With
+the flow motion backend the stage reuses the motion stage's flow fields; otherwise it measures
+flow itself on the same frames.
+
+Rule per segment, on the mean model over its pairs (in fractions of the short side per pair of
+samples): the camera is `static` if its flow stays below `static_max` (a locked-off view with
+small moving subjects is static here, whatever the subjects do); else the largest component
+names it (`pan_left` / `pan_right`, `tilt_up` / `tilt_down`, `zoom_in` / `zoom_out`) when it
+holds at least `dominance` of the camera's motion and the camera keeps its direction (the mean
+model is at least `consistency` of the pairs' own magnitudes); anything else is `mixed`
+(handheld shake, a pan while zooming, a roll). Optionally, a static-camera segment whose
+subjects move less than `reject_locked_off_below` is rejected as `locked_off`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from soraplan.core.config import NonNegativeFloat, PositiveInt, UnitFloat
+from soraplan.curation.motion import FLOW_FIELDS, FLOW_STRIDE, dense_flow, grey_flow_frame
+from soraplan.curation.resources import Resources
+from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
+
+CAMERA_LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "mixed")
+REASON_LOCKED_OFF = "locked_off"
+
+
+@dataclass
+class CameraConfig(StageConfig):
+    enabled: bool = True
+    frame_skip: PositiveInt = 4  # as motion.frame_skip, so that the flow backend's fields are reused
+    flow_short_side: PositiveInt = 128  # as motion.flow_short_side
+    # Camera flow (fraction of the short side per pair of samples) below which the camera is
+    # static: the flow motion bound (motion.flow_min) on the camera's share of the motion.
+    static_max: NonNegativeFloat = 0.002
+    dominance: UnitFloat = 0.6  # a label's component holds at least this share of the camera motion
+    consistency: UnitFloat = 0.5  # mean camera motion / mean of the pairs' magnitudes, else `mixed`
+    reject_locked_off_below: NonNegativeFloat | None = None  # subject motion floor for static cameras
+
+    def stage_class(self) -> type[CameraMotion]:
+        return CameraMotion
+
+
+def fit_camera(flow: np.ndarray, stride: int = 1) -> tuple[np.ndarray, float, float]:
+    """Similarity model of a flow field (h, w, 2) sampled every `stride` pixels: (params
+    [shift x, shift y, zoom, roll], camera flow, subject flow), all in fractions of the frame's
+    short side (zoom and roll: the flow they give half a short side away from the centre)."""
+    h, w = flow.shape[:2]
+    short = min(h, w) * stride
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) * stride
+    half = short / 2
+    x, y = (xs - xs.mean()).ravel() / half, (ys - ys.mean()).ravel() / half
+    u, v = flow[..., 0].ravel().astype(np.float64), flow[..., 1].ravel().astype(np.float64)
+    # u = tx + a x - b y;  v = ty + b x + a y  (a: zoom, b: roll; flow in pixels at unit radius)
+    ones, zeros = np.ones_like(x), np.zeros_like(x)
+    design = np.block([[ones[:, None], zeros[:, None], x[:, None], -y[:, None]],
+                       [zeros[:, None], ones[:, None], y[:, None], x[:, None]]])
+    target = np.concatenate([u, v])
+    keep = np.ones(x.size, dtype=bool)
+    for _ in range(2):  # fit, then refit on the points the model explains (the background)
+        rows = np.concatenate([keep, keep])
+        params = np.linalg.lstsq(design[rows], target[rows], rcond=None)[0]
+        residual = np.hypot(*(target - design @ params).reshape(2, -1))
+        keep = residual <= max(2.0 * float(np.median(residual)), 0.1)
+    model = (design @ params).reshape(2, -1)
+    # Shifts in pixels, zoom and roll in pixels at half the short side from the centre.
+    return params / short, float(np.hypot(*model).mean()) / short, float(residual.mean()) / short
+
+
+def camera_label(params: np.ndarray, magnitudes: np.ndarray, cfg: CameraConfig) -> str:
+    """The label of a segment from its pairs' model parameters (N, 4) and camera flows (N,)."""
+    if len(params) == 0:
+        return "static"
+    mean = params.mean(axis=0)
+    pan_x, pan_y, zoom, roll = mean
+    components = np.abs([pan_x, pan_y, zoom, roll])
+    total = float(components.sum())
+    if float(magnitudes.mean()) < cfg.static_max:
+        return "static"
+    shake = float(np.abs(params).sum(axis=1).mean())
+    if total < cfg.consistency * shake or components.max() < cfg.dominance * total:
+        return "mixed"
+    # Content moving left means the camera turns right; moving down, the camera tilts up.
+    return [("pan_right" if pan_x < 0 else "pan_left"), ("tilt_up" if pan_y > 0 else "tilt_down"),
+            ("zoom_in" if zoom > 0 else "zoom_out"), "mixed"][int(np.argmax(components))]
+
+
+class CameraMotion(Stage):
+    """Fits the camera's motion to each pair's flow after the pass; labels each segment."""
+
+    name = "camera"
+    reasons = (REASON_LOCKED_OFF,)
+    resources = Resources(cpus=1.0)  # NumPy least squares (and OpenCV flow without the flow backend)
+    extra_columns = (pa.field("camera_motion", pa.string()),  # one of CAMERA_LABELS
+                     pa.field("camera_motion_score", pa.float64()),  # camera flow, fraction of the short side
+                     pa.field("subject_motion_score", pa.float64()))  # flow the camera leaves unexplained
+    scores_rejected = True  # its columns cost nothing once the clip is measured
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
+        self.sampling = EveryNth(cfg.frame_skip)
+
+    def start(self, clip: ClipContext) -> None:
+        self.clip = clip
+        self.positions: list[int] = []
+        self.frames: list[np.ndarray] = []
+
+    def observe(self, frame: np.ndarray, time_s: float) -> None:
+        self.positions.append(self.clip.position)
+        self.frames.append(grey_flow_frame(frame, self.cfg.flow_short_side))
+
+    def finish(self, clip: ClipContext) -> None:
+        shared = clip.signals.get(FLOW_FIELDS)
+        grid = self.frames[0][::FLOW_STRIDE, ::FLOW_STRIDE].shape if self.frames else None
+        if shared is not None and list(shared[0]) == self.positions and (not shared[1] or shared[1][0].shape[:2] == grid):
+            fields = shared[1]  # the flow backend measured the same pairs at the same size
+        else:
+            fields = [dense_flow(a, b)[::FLOW_STRIDE, ::FLOW_STRIDE] for a, b in zip(self.frames, self.frames[1:])]
+        self.frames = []
+        fits = [fit_camera(f, FLOW_STRIDE) for f in fields]
+        self.params = np.array([p for p, _, _ in fits]).reshape(-1, 4)
+        self.camera = np.array([c for _, c, _ in fits])
+        self.subject = np.array([s for _, _, s in fits])
+        self.sample_times = np.asarray(clip.times)[self.positions]
+
+    def score(self, segment: Segment) -> Score:
+        pairs = pairs_inside(self.sample_times, segment)
+        if not pairs.any():
+            return {}, []
+        label = camera_label(self.params[pairs], self.camera[pairs], self.cfg)
+        subject = float(self.subject[pairs].mean())
+        floor = self.cfg.reject_locked_off_below
+        reasons = [REASON_LOCKED_OFF] if label == "static" and floor is not None and subject < floor else []
+        return {"camera_motion": label, "camera_motion_score": float(self.camera[pairs].mean()),
+                "subject_motion_score": subject}, reasons
