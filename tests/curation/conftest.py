@@ -24,6 +24,36 @@ def local_ray():
     ray.shutdown()
 
 
+def _save_tiny_clip(root: Path, name: str, text_cfg: dict) -> dict[str, str]:
+    """A tiny open_clip config named `name` (registered with open_clip), its random weights and a
+    random LAION head, all as files under `root`: the paths the aesthetic stage's config takes."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from soraplan.curation.aesthetic import laion_mlp
+
+    config = root / f"{name}.json"
+    config.write_text(json.dumps({
+        "embed_dim": 768,  # the LAION head reads ViT-L/14's 768-d embeddings
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": text_cfg,
+    }))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    save_file(open_clip.create_model(name, pretrained=None).state_dict(), str(root / "clip.safetensors"))
+    save_file(laion_mlp().state_dict(), str(root / "mlp.safetensors"))
+    return {"config": str(config), "clip": str(root / "clip.safetensors"), "mlp": str(root / "mlp.safetensors")}
+
+
+@pytest.fixture(scope="session")
+def save_tiny_clip():
+    """`save_tiny_clip(root, name, text_cfg)`: tiny CLIP and LAION head files (`_save_tiny_clip`)."""
+    return _save_tiny_clip
+
+
 @pytest.fixture
 def write_manifest():
     """`write_manifest(path, rows)`: a Panda-70M CSV, one row per (video id, spans literal[, caption])."""

@@ -1,41 +1,21 @@
 """The LAION aesthetic stage with a tiny open_clip model and a random head, loaded from tmp files."""
 
-import json
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from soraplan.curation.aesthetic import AestheticConfig, laion_mlp, pick_frames
+from soraplan.curation.aesthetic import AestheticConfig, pick_frames
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.core.inputs import InputClip
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
 
-TINY_CLIP = {
-    "embed_dim": 768,  # the LAION head reads ViT-L/14's 768-d embeddings
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
+def tiny_weights(tmp_path_factory, save_tiny_clip):
     """A tiny open_clip config, its random weights and a random LAION head, all as files."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("aesthetic")
-    config = root / "tiny-aesthetic-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(config))
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-aesthetic-clip", pretrained=None)
-    save_file(model.state_dict(), str(root / "clip.safetensors"))
-    mlp = laion_mlp()
-    save_file(mlp.state_dict(), str(root / "mlp.safetensors"))
-    return {"config": str(config), "clip": str(root / "clip.safetensors"), "mlp": str(root / "mlp.safetensors")}
+    return save_tiny_clip(tmp_path_factory.mktemp("aesthetic"), "tiny-aesthetic-clip",
+                          {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1})
 
 
 def tiny_config(tiny_weights, **overrides) -> AestheticConfig:

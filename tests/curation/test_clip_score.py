@@ -2,39 +2,22 @@
 embeddings, with a tiny random open_clip model (full-size vocabulary, as its tokenizer needs)
 and a random LAION head, saved to files and loaded back."""
 
-import json
 
 import pytest
 
 from soraplan.core.config import ConfigError
 from soraplan.core.inputs import InputClip
-from soraplan.curation.aesthetic import AestheticConfig, laion_mlp, pick_frames
+from soraplan.curation.aesthetic import AestheticConfig, pick_frames
 from soraplan.curation.analyze import AnalyzeConfig, ClipAnalyzer
 from soraplan.curation.clip_score import ClipScoreConfig
 from soraplan.curation.motion import MotionConfig
 from soraplan.curation.ocr import OcrConfig
 
-TINY_CLIP = {
-    "embed_dim": 768,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("clip_score")
-    config = root / "tiny-text-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(config))
-    torch.manual_seed(0)
-    save_file(open_clip.create_model("tiny-text-clip", pretrained=None).state_dict(), str(root / "clip.safetensors"))
-    save_file(laion_mlp().state_dict(), str(root / "mlp.safetensors"))
-    return {"config": str(config), "clip": str(root / "clip.safetensors"), "mlp": str(root / "mlp.safetensors")}
+def tiny_weights(tmp_path_factory, save_tiny_clip):
+    # The text tower tokenizes with open_clip's real tokenizer: its full vocabulary.
+    return save_tiny_clip(tmp_path_factory.mktemp("clip_score"), "tiny-text-clip",
+                          {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1})
 
 
 def analyzer(tiny_weights, clip_score: bool = True, **score) -> ClipAnalyzer:

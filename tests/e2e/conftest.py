@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from soraplan.core.ray_session import stop_processes
+
 RAY = str(Path(sys.executable).with_name("ray"))
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
@@ -30,8 +32,8 @@ class LoopbackCluster:
 
     ray_cli = RAY
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.env = {**os.environ, **RAY_ENV, **(env or {})}
+    def __init__(self) -> None:
+        self.env = {**os.environ, **RAY_ENV}
         self.temp_dir = tempfile.mkdtemp(prefix="raytest", dir="/tmp")  # short: socket paths are limited
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
@@ -61,18 +63,7 @@ class LoopbackCluster:
         return list(found.values())
 
     def stop(self) -> None:
-        procs = self._processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=20)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        stop_processes(self._processes(), timeout=20)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -88,8 +79,8 @@ def loopback_cluster():
     """Builds `LoopbackCluster`s and stops each at the end of the test."""
     clusters: list[LoopbackCluster] = []
 
-    def make(env: dict[str, str] | None = None) -> LoopbackCluster:
-        clusters.append(LoopbackCluster(env))
+    def make() -> LoopbackCluster:
+        clusters.append(LoopbackCluster())
         return clusters[-1]
 
     yield make

@@ -80,7 +80,7 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
             # Listed before the shutdown, which ends the raylet and orphans the agents it started.
             started = [p for p in me.children(recursive=True) if p.pid not in before]
             ray.shutdown()
-            _stop(started)
+            stop_processes(started)
             if attempt + 1 < attempts:
                 time.sleep(backoff_s * 2**attempt)
     reason = " ".join(str(failure).split())[:300]
@@ -90,7 +90,8 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
         "`ray start --head` and run the job with --address auto.")
 
 
-def _stop(processes: list[Any]) -> None:
+def stop_processes(processes: list[Any], timeout: float = 5.0) -> None:
+    """Terminate psutil `processes`, and kill those still alive after `timeout` seconds."""
     import psutil
 
     for process in processes:
@@ -98,7 +99,7 @@ def _stop(processes: list[Any]) -> None:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(processes, timeout=5)
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         try:
             process.kill()

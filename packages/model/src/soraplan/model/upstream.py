@@ -8,6 +8,7 @@ Each model's converter holds one table of `KeyRule`s that turns upstream names i
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import re
@@ -28,7 +29,9 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
 NESTED = (("ema_state_dict",), ("state_dict", "gen_model"), ("state_dict",), ("model",))
 
 
-def _read_weights_file(path: Path) -> dict[str, Tensor]:
+def read_weights_file(path: Path, nested: Sequence[tuple[str, ...]] = NESTED) -> dict[str, Tensor]:
+    """A state dict from safetensors or a `weights_only` torch file, out of the first `nested`
+    key path it is found under."""
     if path.suffix == ".safetensors":
         return load_file(path)
     try:
@@ -37,7 +40,7 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
         reason = str(exc).strip().splitlines()[0]
         raise ConfigError(f"{path} holds more than tensors and is not unpickled ({reason}); "
                           "convert it to safetensors where you trust it") from None
-    for keys in NESTED:
+    for keys in nested:
         inner = obj
         for key in keys:
             inner = inner.get(key) if isinstance(inner, dict) else None
@@ -47,6 +50,14 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ConfigError(f"{path} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `soraplan-vae convert` and `soraplan-dit convert`."""
+    parser.add_argument("source", help="upstream checkpoint: a folder with config.json and weights, "
+                        "or a weights file (.safetensors, or a torch file of tensors only)")
+    parser.add_argument("out", help="folder to write (save_pretrained)")
+    parser.add_argument("--config", help="the upstream config.json when SOURCE is a weights file")
 
 
 def find_weights(folder: Path) -> list[Path]:
@@ -75,7 +86,7 @@ def read_checkpoint(source: str | Path, config: str | Path | None = None
     files = find_weights(source) if source.is_dir() else [source]
     state: dict[str, Tensor] = {}
     for path in files:
-        state.update(_read_weights_file(path))
+        state.update(read_weights_file(path))
     return json.loads(config_path.read_text()), state
 
 

@@ -96,6 +96,15 @@ def from_sequences(y: Tensor, kind: LayerKind, grid: Grid, k: int, batch: int) -
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
+def patch_grid(latent_shape: tuple[int, int, int], patch_size_t: int, patch_size: int) -> Grid:
+    """The token grid of latents (T, H, W) cut into patches; a ValueError when they do not divide."""
+    t, h, w = latent_shape
+    pt, p = patch_size_t, patch_size
+    if t % pt or h % p or w % p:
+        raise ValueError(f"latent size {latent_shape} is not divisible by patch {pt}x{p}x{p}")
+    return t // pt, h // p, w // p
+
+
 def grid_positions(grid: Grid, device: torch.device | None = None) -> Tensor:
     """(N, 3) integer (t, h, w) position of every flattened token."""
     t, h, w = grid

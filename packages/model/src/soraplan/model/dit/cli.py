@@ -22,6 +22,7 @@ from soraplan.core.cli import Command, console_main
 from soraplan.model.dit.distance import MODE_KINDS, distance_table
 from soraplan.model.dit.encode import EncodeConfig, run_encode
 from soraplan.model.dit.train import DiTTrainer, TrainDiTConfig
+from soraplan.model.upstream import convert_arguments
 
 MODE_TITLES = {"full": "full 3D", "spatial_temporal": "2+1D", "skip_window": "skip+window",
                "skiparse": "skiparse"}
@@ -96,13 +97,6 @@ def convert(cfg: None, args: argparse.Namespace) -> dict[str, object]:
     from soraplan.model.dit.convert import convert_dit
 
     return convert_dit(args.source, args.out, args.config)
-
-
-def convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="upstream checkpoint: a folder with config.json and weights, "
-                        "or a weights file (.safetensors, or a torch file of tensors only)")
-    parser.add_argument("out", help="folder to write (save_pretrained)")
-    parser.add_argument("--config", help="the upstream config.json when SOURCE is a weights file")
 
 
 COMMANDS = [

@@ -20,6 +20,7 @@ from soraplan.model.dit.attention import (
     RopePairing,
     SelfAttention,
     layer_kinds,
+    patch_grid,
     rope_3d,
 )
 from torch import Tensor, nn
@@ -95,11 +96,7 @@ class SkiparseDiT(AutoModelFiles, ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
 
     def token_grid(self, latent_shape: tuple[int, int, int]) -> Grid:
-        t, h, w = latent_shape
-        pt, p = self.config.patch_size_t, self.config.patch_size
-        if t % pt or h % p or w % p:
-            raise ValueError(f"latent size {latent_shape} is not divisible by patch {pt}x{p}x{p}")
-        return t // pt, h // p, w // p
+        return patch_grid(latent_shape, self.config.patch_size_t, self.config.patch_size)
 
     def forward(self, latents: Tensor, timestep: Tensor, text_states: Tensor,
                 text_mask: Tensor | None = None, latent_mask: Tensor | None = None) -> Tensor:

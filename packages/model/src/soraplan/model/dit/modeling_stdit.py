@@ -32,7 +32,7 @@ from diffusers.models.embeddings import (
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from soraplan.model.auto import AutoModelFiles
-from soraplan.model.dit.attention import CrossAttention, Grid, SelfAttention, grid_positions
+from soraplan.model.dit.attention import CrossAttention, Grid, SelfAttention, grid_positions, patch_grid
 from torch import Tensor, nn
 
 BlockOrder = Literal["spatial_cross_temporal", "spatial_temporal_cross"]
@@ -137,11 +137,7 @@ class STDiT(AutoModelFiles, ModelMixin, ConfigMixin):
                 nn.init.zeros_(block.attn_temp.to_out.bias)
 
     def token_grid(self, latent_shape: tuple[int, int, int]) -> Grid:
-        t, h, w = latent_shape
-        pt, p = self.config.patch_size_t, self.config.patch_size
-        if t % pt or h % p or w % p:
-            raise ValueError(f"latent size {latent_shape} is not divisible by patch {pt}x{p}x{p}")
-        return t // pt, h // p, w // p
+        return patch_grid(latent_shape, self.config.patch_size_t, self.config.patch_size)
 
     def forward(self, latents: Tensor, timestep: Tensor, text_states: Tensor,
                 text_mask: Tensor | None = None, latent_mask: Tensor | None = None) -> Tensor:
@@ -232,21 +228,15 @@ def from_pixart_layout(state: dict[str, Tensor], patch_size_t: int = 1) -> dict[
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Weights of an image DiT: a save_pretrained dir / training run (its EMA weights), a
     .safetensors file, or a torch file read with weights_only (PixArt's {"state_dict": ...})."""
-    from safetensors.torch import load_file
     from soraplan.core.train.checkpoint import resolve_pretrained
+    from soraplan.model.upstream import read_weights_file
 
     path = Path(path)
     if path.is_dir():
         path = resolve_pretrained(path, "image DiT") / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"image DiT weights not found at {str(path)!r}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "ema", "module"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return state
+    return read_weights_file(path, nested=(("state_dict",), ("ema",), ("module",)))
 
 
 def init_from_image_dit(model: STDiT, path: str | os.PathLike[str]) -> list[str]:

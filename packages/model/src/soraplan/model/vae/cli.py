@@ -35,6 +35,7 @@ from soraplan.model.vae.data import VAEDataConfig, clips_from_shards
 from soraplan.model.vae.metrics import psnr_uint8, ssim_uint8
 from soraplan.model.vae.modeling_wfvae import WFVAEModel
 from soraplan.model.vae.train import TrainVAEConfig, VAETrainer
+from soraplan.model.upstream import convert_arguments
 
 
 @dataclass
@@ -219,13 +220,6 @@ def convert(cfg: None, args: argparse.Namespace) -> dict[str, object]:
     from soraplan.model.vae.convert import convert_vae
 
     return convert_vae(args.source, args.out, args.config)
-
-
-def convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="upstream checkpoint: a folder with config.json and weights, "
-                        "or a weights file (.safetensors, or a torch file of tensors only)")
-    parser.add_argument("out", help="folder to write (save_pretrained)")
-    parser.add_argument("--config", help="the upstream config.json when SOURCE is a weights file")
 
 
 COMMANDS = [
