@@ -1,21 +1,23 @@
 """Training-step time and peak memory of the skiparse-small DiT per attention mode (CPU, fp32).
 
-    uv run python bench/dit_step.py [--latent 8x12x32x32] [--text-tokens 32]
-        [--no-grad-checkpointing] [--threads 1]
+    uv run python bench/dit_step.py [--latent 8x12x32x32] [--text-tokens 32] [--modes full skiparse]
+        [--no-grad-checkpointing] [--threads 1] [--runs 3] [--steps 1]
 
 One step = v-prediction loss + backward + AdamW update, batch 1. Each mode runs in a fresh
 process (see bench/attention_speed.py for how peak memory is measured and why CPU seconds with
-one thread are the primary time on a shared machine). Prints JSON.
+one thread are the primary time on a shared machine); `--runs` rounds of all modes give the
+median and range of each figure, ratios to the first mode taken within a round. Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from attention_speed import measure_in_subprocess, peak_rss_mib, rss_mib
+from attention_speed import measure_in_subprocess, peak_rss_mib, rss_mib, spread
 
 MODES = ["full", "spatial_temporal", "skip_window", "skiparse"]
 
@@ -59,7 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latent", default="8x12x32x32", help="C x T x H x W of the latents")
     parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1, help="measured steps per process")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per mode; figures are their "
+                        "median and range")
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-grad-checkpointing", action="store_true")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -73,18 +78,26 @@ def main() -> None:
     c, t, h, w = latent
     results = {"config": "skiparse-small", "latent": args.latent, "tokens": t * (h // 2) * (w // 2),
                "grad_checkpointing": not args.no_grad_checkpointing, "threads": args.threads,
-               "modes": {}}
-    for mode in MODES:
-        extra = ["--no-grad-checkpointing"] if args.no_grad_checkpointing else []
-        run = measure_in_subprocess(__file__, ["--mode", mode, "--latent", args.latent,
-                                               "--text-tokens", str(args.text_tokens),
-                                               "--steps", str(args.steps),
-                                               "--threads", str(args.threads), *extra])
-        results["modes"][mode] = run
-        print(json.dumps({"mode": mode, **run}), file=sys.stderr, flush=True)
-    full = results["modes"]["full"]["cpu_seconds"]
-    for run in results["modes"].values():
-        run["speedup_vs_full"] = full / run["cpu_seconds"]
+               "runs": args.runs, "load_average_before": os.getloadavg(), "modes": {}}
+    extra = ["--no-grad-checkpointing"] if args.no_grad_checkpointing else []
+    rounds = []
+    for run in range(args.runs):  # every mode once per round; ratios are taken within a round
+        rounds.append({})
+        for mode in args.modes:
+            one = measure_in_subprocess(__file__, ["--mode", mode, "--latent", args.latent,
+                                                   "--text-tokens", str(args.text_tokens),
+                                                   "--steps", str(args.steps),
+                                                   "--threads", str(args.threads), *extra])
+            rounds[-1][mode] = one
+            print(json.dumps({"run": run, "mode": mode, **one}), file=sys.stderr, flush=True)
+    base = args.modes[0]
+    for mode in args.modes:
+        results["modes"][mode] = {
+            key: spread([r[mode][key] for r in rounds])
+            for key in ("cpu_seconds", "seconds", "peak_mib_over_warm_state", "peak_rss_mib")}
+        results["modes"][mode][f"speedup_vs_{base}"] = spread(
+            [r[base]["cpu_seconds"] / r[mode]["cpu_seconds"] for r in rounds])
+    results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
 
 

@@ -211,6 +211,7 @@ def test_cli_on_directory_of_clips(ray_session, tiny_llava_dir, clip_shards, tmp
     (["--input", "x", "--out", "y", "frames.positions=[0.5, 1.5]"], "frames.positions[1]: 1.5 is out of range"),
     (["--input", "x", "--out", "y", "ray.num_cpus=0.5", "decode_num_cpus=0.5"], "give them different values"),
     (["--input", "x", "--out", "y", "vlm.model=/no/such/model"], "model path does not exist: /no/such/model; set vlm.model"),
+    (["--input", "x", "--out", "y", "ray.address=auto"], "--input x is a relative path, and this job joins the Ray cluster"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

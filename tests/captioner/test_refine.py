@@ -352,3 +352,14 @@ def test_rewrite_fails_fast_on_missing_adapter(tiny_llama_dir, tmp_path):
                            refiner=RefinerConfig(model=str(tiny_llama_dir), adapter=str(tmp_path / "no_adapter")))
     with pytest.raises(ModelSourceError, match="refiner.adapter"):
         run_rewrite(job)
+
+
+def test_pairs_whose_prompt_fills_max_length_fail_in_one_line(tiny_llama_dir, refine_pairs, tmp_path, capsys):
+    from soraplan.captioner.refine.cli import main
+
+    write_jsonl(tmp_path / "pairs.jsonl", refine_pairs[:8])
+    with pytest.raises(SystemExit) as exc:
+        main(["train", f"base_model={tiny_llama_dir}", f"data.path={tmp_path / 'pairs.jsonl'}",
+              f"output_dir={tmp_path / 'run'}", f"prompt.file={REFINE_PROMPTS}", "max_length=8"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after DeepSpeed's import-time warning
+    assert exc.value.code == 2 and last.startswith("soraplan-refine train: max_length: every one of the 8 training pairs")

@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from soraplan.core.cli import Command, run_command
-from soraplan.core.ray_session import RayStartError, _start_local
+from soraplan.core.config import ConfigError
+from soraplan.core.ray_session import RayStartError, _start_local, refuse_relative_paths_on_a_cluster
 
 
 def test_failed_starts_are_cleaned_up_backed_off_and_reported(monkeypatch):
@@ -61,3 +62,18 @@ def test_a_local_start_is_a_new_instance_and_logs_its_session_dir(caplog):
         _start_local(types.SimpleNamespace(init=init), num_cpus=2, attempts=1, backoff_s=0)
     assert calls == [{"address": "local", "num_cpus": 2, "include_dashboard": False}]
     assert "local Ray session: /tmp/ray/session_x_123" in caplog.text
+
+
+def test_only_a_cluster_job_refuses_relative_paths(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "vlm").mkdir(parents=True)
+    for address in (None, "local"):  # a local Ray runs here: relative paths are fine
+        refuse_relative_paths_on_a_cluster(address, [("--input", "in.csv")], models=[("vlm.model", "models/vlm")])
+    refuse_relative_paths_on_a_cluster("auto", [("--input", str(tmp_path / "in.csv")), ("--out", None)],
+                                       models=[("vlm.model", "org/hub-model")])  # a hub id, not a folder here
+    with pytest.raises(ConfigError, match=r"vlm.model models/vlm is a relative path.*\$PWD/models/vlm"):
+        refuse_relative_paths_on_a_cluster("auto", [], models=[("vlm.model", "models/vlm")])
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:6379")  # what `ray job submit` sets for its job
+    with pytest.raises(ConfigError, match="--out out is a relative path, and this job joins the Ray cluster at http"):
+        refuse_relative_paths_on_a_cluster(None, [("--out", "out")])

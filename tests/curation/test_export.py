@@ -163,16 +163,3 @@ def test_a_cluster_job_refuses_relative_paths(tmp_path, curate, capsys, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--input examples/panda70m_demo.csv is a relative path" in err
     assert not (tmp_path / "out").exists()
-
-
-def test_a_local_job_keeps_relative_paths(monkeypatch):
-    from soraplan.curation.cli import refuse_relative_paths_on_a_cluster
-    from soraplan.curation.pipeline import CurateConfig
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cfg = CurateConfig(input="examples/panda70m_demo.csv", out="out/demo")
-    refuse_relative_paths_on_a_cluster(cfg, "weights")
-    cfg.ray.address = "local"
-    refuse_relative_paths_on_a_cluster(cfg, "weights")
-    cfg.ray.address, cfg.input, cfg.out = "auto", [os.path.abspath("a.csv")], os.path.abspath("out")
-    refuse_relative_paths_on_a_cluster(cfg, None)

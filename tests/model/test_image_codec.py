@@ -13,20 +13,7 @@ from soraplan.model.dit.data import LatentDataset, write_index
 from soraplan.model.dit.encode import EncodeConfig, LatentEncoder, check_models
 from soraplan.model.dit.image_codec import ImageVAECodec
 from soraplan.model.dit.text import TextEncoderConfig
-from soraplan.model.testing import save_tiny_t5
-
-
-def save_tiny_autoencoder_kl(path):
-    """A randomly initialised AutoencoderKL of the sd-vae-ft-ema class (4 levels: 8x, 4 latent
-    channels, scaling factor 0.18215), small enough for tests."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
-                        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215)
-    vae.save_pretrained(path)
-    return path
+from soraplan.model.testing import save_tiny_autoencoder_kl, save_tiny_t5
 
 
 @pytest.fixture(scope="module")

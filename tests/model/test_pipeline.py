@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,16 @@ def test_save_and_load_round_trip_gives_identical_frames(saved):
     assert not (loaded("a red kite", generator=seeded(2), **SIZE).frames == frames).all()
     index = json.loads((directory / "model_index.json").read_text())
     assert index["transformer"] == ["soraplan.model.dit.modeling_skiparse", "SkiparseDiT"]
+
+
+def test_a_fresh_process_loads_the_saved_pipeline(saved):
+    """diffusers loads components only from modules already imported; importing the pipeline
+    class alone must be enough (as in `soraplan-sample --pipeline`)."""
+    _, directory = saved
+    code = ("import sys; from soraplan.model.pipeline import SoraPlanPipeline; "
+            "pipe = SoraPlanPipeline.from_pretrained(sys.argv[1]); print(type(pipe.vae).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "WFVAEModel", done.stderr[-2000:]
 
 
 def test_diffusion_pipeline_loads_the_directory_with_its_module_file(saved):

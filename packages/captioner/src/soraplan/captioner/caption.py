@@ -34,7 +34,7 @@ from soraplan.core.cli import Command, console_main
 from soraplan.core.config import ConfigError, PositiveFloat, PositiveInt
 from soraplan.core.outputs import write_json_atomic, write_part
 from soraplan.core.progress import Progress
-from soraplan.core.ray_session import RayConfig
+from soraplan.core.ray_session import RayConfig, refuse_relative_paths_on_a_cluster
 from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS, STATUS_ERROR
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
@@ -108,6 +108,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to <out>/summary.json) the counts and speeds."""
     if not cfg.input or not cfg.out:
         raise ConfigError("set both --input (or input=) and --out (or out=)")
+    refuse_relative_paths_on_a_cluster(cfg.ray.address, [("--input", cfg.input), ("--out", cfg.out)],
+                                       models=[("vlm.model", cfg.vlm.model)])
     # Before any data is read. vLLM resolves the model itself, on the GPU workers.
     if cfg.backend == "transformers":
         require_pretrained(cfg.vlm.model, "vlm.model")

@@ -7,9 +7,9 @@ import os
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterable
 
-from soraplan.core.config import NonNegativeFloat, PositiveFloat, PositiveInt
+from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,24 @@ class RayConfig:
 
     def init(self) -> ModuleType:
         return init_ray(self.address, self.local_num_cpus)
+
+
+def refuse_relative_paths_on_a_cluster(address: str | None, paths: Iterable[tuple[str, str | None]],
+                                       models: Iterable[tuple[str, str | None]] = ()) -> None:
+    """A job that joins a cluster runs in Ray's copy of the submitter's working dir (deleted with
+    the job, absent on other nodes), so a relative path points into that copy: refuse it.
+    `ray job submit` sets RAY_ADDRESS, so a job joins the cluster even without `ray.address`.
+    `paths`: (flag or config key, value); `models`: the same for model settings, which may also
+    be hub ids, so only a relative path that exists here counts."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "local":
+        return
+    relative = [(key, path) for key, path in paths if path and not os.path.isabs(path)]
+    relative += [(key, path) for key, path in models if path and not os.path.isabs(path) and os.path.exists(path)]
+    for key, path in relative:
+        raise ConfigError(f"{key} {path} is a relative path, and this job joins the Ray cluster at {address}, "
+                          f"where it runs in a temporary copy of the working dir that other nodes lack and Ray "
+                          f"deletes: give absolute paths on storage every node sees (e.g. \"$PWD/{path}\")")
 
 
 class RayStartError(RuntimeError):

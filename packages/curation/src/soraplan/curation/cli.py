@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soraplan.core.cli import Command, console_main
-from soraplan.core.config import ConfigError
+from soraplan.core.ray_session import refuse_relative_paths_on_a_cluster
 from soraplan.curation.analyze import AnalyzeConfig
 from soraplan.curation.pipeline import CurateConfig, plan_only, run
 from soraplan.curation.weights import WEIGHTS_DIR_ENV
@@ -44,25 +44,10 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after input planning and print its counts (inputs, duplicates, already done, errors)")
 
 
-def refuse_relative_paths_on_a_cluster(cfg: CurateConfig, weights_dir: str | None) -> None:
-    """A job that joins a cluster runs in Ray's copy of the submitter's working dir (deleted with
-    the job, absent on other nodes): a relative path would be written into the shards pointing
-    there. `ray job submit` sets RAY_ADDRESS, so a job joins the cluster even without --address."""
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address or address == "local":
-        return
-    inputs = cfg.input if isinstance(cfg.input, list) else [cfg.input]
-    named = [("--input", p) for p in inputs] + [("--video-root", cfg.video_root), ("--out", cfg.out),
-                                                ("--weights-dir", weights_dir)]
-    for flag, path in named:
-        if path and not os.path.isabs(path):
-            raise ConfigError(f"{flag} {path} is a relative path, and this job joins the Ray cluster at {address}, "
-                              f"where it runs in a temporary copy of the working dir that other nodes lack and Ray "
-                              f"deletes: give absolute paths on storage every node sees (e.g. \"$PWD/{path}\")")
-
-
 def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
-    refuse_relative_paths_on_a_cluster(cfg, args.weights_dir)
+    inputs = cfg.input if isinstance(cfg.input, list) else [cfg.input]
+    refuse_relative_paths_on_a_cluster(cfg.ray.address, [*(("--input", p) for p in inputs), ("--video-root", cfg.video_root),
+                                                         ("--out", cfg.out), ("--weights-dir", args.weights_dir)])
     if args.plan_only:
         return plan_only(cfg)
     if args.weights_dir:

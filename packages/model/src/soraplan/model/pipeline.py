@@ -26,6 +26,11 @@ from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
 from torch import Tensor
 
+# diffusers loads a saved component only from a module already imported: import every soraplan
+# class a pipeline can hold, so `SoraPlanPipeline.from_pretrained` works in a fresh process.
+import soraplan.model.dit.modeling_skiparse  # noqa: F401
+import soraplan.model.dit.modeling_stdit  # noqa: F401
+import soraplan.model.vae.modeling_wfvae  # noqa: F401
 from soraplan.model.auto import write_class_module
 from soraplan.model.dit.codec import LatentCodec, codec_of
 from soraplan.model.dit.diffusion import sample_latents

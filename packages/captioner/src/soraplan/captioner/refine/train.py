@@ -160,6 +160,10 @@ class RefinerTrainer(Trainer):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         self.train_examples = self.encode(train_pairs)
+        if not self.train_examples:
+            raise ConfigError(f"max_length: every one of the {len(train_pairs)} training pairs has a prompt of "
+                              f"{self.cfg.max_length} tokens or more, leaving no answer token to learn; "
+                              f"raise max_length or shorten the prompt ({self.cfg.prompt.id})")
         self.eval_examples = self.encode(self.eval_pairs)
         steps_per_epoch = math.ceil(len(self.train_examples) / cfg.global_batch_size)
         self.total_steps = min(cfg.steps, max(1, math.ceil(cfg.epochs * steps_per_epoch)))

@@ -33,7 +33,7 @@ from soraplan.core.outputs import (
     write_part,
 )
 from soraplan.core.progress import Progress
-from soraplan.core.ray_session import RayConfig
+from soraplan.core.ray_session import RayConfig, refuse_relative_paths_on_a_cluster
 from soraplan.core.schema import STATUS_KEPT, read_clip_table
 from soraplan.core.video import VideoDecodeError, sample_frames
 from soraplan.model.dit.buckets import BucketConfig, ClipPlan, latent_shape, plan_clip
@@ -209,6 +209,8 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     missing = [key for key in ("shards", "vae") if not getattr(cfg, key)]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (curated clips and a WF-VAE directory)")
+    refuse_relative_paths_on_a_cluster(cfg.ray.address, [("--shards", cfg.shards), ("--out", cfg.out)],
+                                       models=[("vae", cfg.vae), ("text_encoder.path", cfg.text_encoder.path)])
     clips = read_clip_table(cfg.shards, status=STATUS_KEPT)
     if clips.num_rows == 0:
         raise ConfigError(f"no kept clips in {cfg.shards}; set shards to a curated output folder")
