@@ -10,8 +10,10 @@ from that checkout with the same widths and trilinear upsampling (`upstream:<nam
 `ours_over_upstream` ratios; compare it with an upstream-compatible config such as
 `wfvae-l-16chn`, which interpolates the same way):
 
-    uv run python bench/vae_speed.py --models wfvae-l-16chn --upstream ../upstream/WF-VAE A run that dies (e.g. out of
-memory) is reported with the phase it died in and the figures of the phases before it.
+    uv run python bench/vae_speed.py --models wfvae-l-16chn --upstream ../upstream/WF-VAE
+
+A run that dies (e.g. out of memory) is reported with the phase it died in and the figures of the
+phases before it.
 
 Each (model, shape) runs in a fresh process, with large allocations served by mmap so that
 freed memory leaves the resident set at once: peak = high-water mark of resident memory during
