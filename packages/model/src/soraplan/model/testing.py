@@ -100,7 +100,8 @@ class Upstream(dict):
         self.g = torch.Generator().manual_seed(0)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.g)
+        # At the scale of trained weights, so converted models also sample and fine-tune sanely.
+        return 0.02 * torch.randn(*shape, generator=self.g)
 
     def linear(self, name: str, i: int, o: int) -> None:
         self[f"{name}.weight"], self[f"{name}.bias"] = self.rand(o, i), self.rand(o)
@@ -112,7 +113,7 @@ class Upstream(dict):
         self[f"{name}.conv.weight"], self[f"{name}.conv.bias"] = self.rand(o, i, k, k, k), self.rand(o)
 
     def norm(self, name: str, ch: int) -> None:  # LayerNorm wrapper
-        self[f"{name}.norm.weight"], self[f"{name}.norm.bias"] = self.rand(ch), self.rand(ch)
+        self[f"{name}.norm.weight"], self[f"{name}.norm.bias"] = 1 + self.rand(ch), self.rand(ch)
 
     def resnet(self, name: str, i: int, o: int, temporal: bool) -> None:
         conv = self.conv3d if temporal else self.conv2d
