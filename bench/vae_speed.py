@@ -248,7 +248,7 @@ def main() -> None:
         json.dumps(
             {
                 "device": "cuda" if torch.cuda.is_available() else "cpu",
-                "threads": torch.get_num_threads(),
+                "threads": args.threads or torch.get_num_threads(),  # what each measuring process used
                 "load_average": os.getloadavg(),
                 "runs": runs,
                 "ratios": ratios,
