@@ -283,6 +283,8 @@ def test_train_cli_with_shipped_config(tiny_llama_dir, refine_pairs, tmp_path):
     (["merge", "base_model={base}", "adapter={base}", "output_dir=m"], "has no adapter_config.json; set adapter"),
     (["rewrite", "--input", "prompts.txt"], "soraplan-refine rewrite: set both --input (or input=) and --out"),
     (["rewrite", "ray.concurrency=0"], "ray.concurrency: 0 is out of range"),
+    (["rewrite", "--input", "shards", "--out", "o", "refiner.model={base}", "ray.address=auto",
+      f"refiner.prompt.file={REFINE_PROMPTS}"], "--input shards is a relative path, and this job joins the Ray cluster"),
     (["rewrite", "--input", "p.txt", "--out", "o.txt", "refiner.model={base}", "refiner.prompt.id=nope",
       f"refiner.prompt.file={REFINE_PROMPTS}"], "prompt.id: 'nope' is not in"),
 ])
@@ -361,5 +363,6 @@ def test_pairs_whose_prompt_fills_max_length_fail_in_one_line(tiny_llama_dir, re
     with pytest.raises(SystemExit) as exc:
         main(["train", f"base_model={tiny_llama_dir}", f"data.path={tmp_path / 'pairs.jsonl'}",
               f"output_dir={tmp_path / 'run'}", f"prompt.file={REFINE_PROMPTS}", "max_length=8"])
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # after DeepSpeed's import-time warning
-    assert exc.value.code == 2 and last.startswith("soraplan-refine train: max_length: every one of the 8 training pairs")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("soraplan-refine train: max_length: every one of the 8 training pairs")

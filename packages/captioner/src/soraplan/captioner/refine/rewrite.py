@@ -27,7 +27,7 @@ from soraplan.captioner.shards import (
 from soraplan.core.config import ConfigError, PositiveInt
 from soraplan.core.outputs import write_json_atomic, write_part
 from soraplan.core.progress import Progress
-from soraplan.core.ray_session import RayConfig
+from soraplan.core.ray_session import RayConfig, refuse_relative_paths_on_a_cluster
 from soraplan.core.schema import REFINE_ERROR_FIELD, REFINED_CAPTION_FIELDS
 
 # A result part: the same types in every part, whatever nulls a batch happened to hold.
@@ -200,6 +200,9 @@ def run_rewrite(cfg: RewriteJobConfig) -> dict[str, Any]:
     if not cfg.input or not cfg.out:
         raise ConfigError("set both --input (or input=) and --out (or out=)")
     cfg.refiner.check()
-    if Path(cfg.input).suffix == ".txt":
+    if Path(cfg.input).suffix == ".txt":  # in this process, without Ray
         return rewrite_text_file(cfg)
+    refuse_relative_paths_on_a_cluster(cfg.ray.address, [("--input", cfg.input), ("--out", cfg.out)],
+                                       models=[("refiner.model", cfg.refiner.model),
+                                               ("refiner.adapter", cfg.refiner.adapter)])
     return rewrite_shards(cfg)

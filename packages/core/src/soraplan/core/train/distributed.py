@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -27,6 +28,10 @@ def init_distributed() -> tuple[int, int]:
     # folder per op name; environments at other paths rebuild it over each other. One per venv.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
         Path.home() / ".cache" / "torch_extensions" / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]}"))
+    if not torch.cuda.is_available():
+        # torch warns at deepspeed's import that a CPU machine has no CUDA runtime: noise before
+        # the job's own output and its one-line errors.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import deepspeed  # deferred: importing deepspeed costs seconds
 
     if "RANK" not in os.environ:
