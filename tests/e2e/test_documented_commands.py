@@ -27,7 +27,7 @@ import pytest
 
 from soraplan.core.testing.media import make_video
 
-from .conftest import RAY_ENV, LoopbackCluster
+from .conftest import RAY_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -210,6 +210,8 @@ def with_tiny_settings(command: Command, workspace: Path) -> Command:
 def workspace(tmp_path_factory) -> Path:
     """The docs' world in small: the repository's configs and examples, and a tiny stand-in for
     every model the docs name."""
+    import torch
+
     from soraplan.captioner.testing import build_tiny_llama, build_tiny_llava, train_tokenizer
     from soraplan.model.testing import (UPSTREAM_DIT_CONFIG, UPSTREAM_VAE_CONFIG, save_tiny_autoencoder_kl,
                                         save_tiny_t5, upstream_dit, upstream_vae, write_synthetic_latents,
@@ -223,7 +225,6 @@ def workspace(tmp_path_factory) -> Path:
     write_upstream(ws / "upstream" / "wfvae", UPSTREAM_VAE_CONFIG, vae_state)
     write_upstream(ws / "upstream" / "wfvae-osp", UPSTREAM_VAE_CONFIG, vae_state)
     write_upstream(ws / "upstream" / "osp13", UPSTREAM_DIT_CONFIG, upstream_dit(UPSTREAM_DIT_CONFIG))
-    import torch
     torch.save({"ema_state_dict": dict(vae_state)}, ws / "ckpt.pt")
     (ws / "config.json").write_text(json.dumps(UPSTREAM_VAE_CONFIG))
     save_tiny_t5(ws / "models" / "t5_osp13", d_model=UPSTREAM_DIT_CONFIG["caption_channels"])
@@ -248,17 +249,9 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    cluster = LoopbackCluster()
-    cluster.start_head(num_cpus=2)
-    yield cluster
-    cluster.stop()
-
-
-def ordered_commands() -> list[Command]:
-    commands = [with_tiny_settings(c, Path("/workspace")) for c in documented_commands(Path("/workspace"))]
-    return sorted(commands, key=lambda c: c.order)
+def ordered_commands(workspace: Path) -> list[Command]:
+    """The documented commands with their tiny settings, in the order they must run."""
+    return sorted((with_tiny_settings(c, workspace) for c in documented_commands(workspace)), key=lambda c: c.order)
 
 
 def argv(command: Command) -> list[str]:
@@ -270,12 +263,13 @@ def argv(command: Command) -> list[str]:
     return [*launcher, *program, *command.args]
 
 
-@pytest.mark.heavy  # about 40 jobs, several with a Ray start or a DeepSpeed launch
+@pytest.mark.heavy  # about 50 jobs, several with a Ray start or a DeepSpeed launch
 @pytest.mark.timeout(5400)
-def test_every_documented_command_runs(workspace, cluster):
-    # Placeholders resolve against the real workspace now that it exists.
-    commands = sorted((with_tiny_settings(c, workspace) for c in documented_commands(workspace)), key=lambda c: c.order)
+def test_every_documented_command_runs(workspace, loopback_cluster):
+    commands = ordered_commands(workspace)
     assert len(commands) >= 40  # the walk did not silently lose the docs' blocks
+    cluster = loopback_cluster()
+    cluster.start_head(num_cpus=2)
     env = {**os.environ, **RAY_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "PWD": str(workspace)}
     env.pop("RAY_ADDRESS", None)
@@ -305,7 +299,7 @@ def test_every_documented_command_runs(workspace, cluster):
 def test_every_documented_command_has_tiny_settings():
     """The fast half: every command in the docs parses into a known launch with tiny settings
     (a new command without an entry in TINY fails here first)."""
-    commands = ordered_commands()
+    commands = ordered_commands(Path("/workspace"))
     scripts = {c.script for c in commands}
     assert SCRIPTS <= scripts | {"soraplan-caption"}
     assert any(c.on_cluster for c in commands) and any(c.launcher[:1] == ["deepspeed"] for c in commands)

@@ -41,7 +41,8 @@ def refuse_relative_paths_on_a_cluster(address: str | None, paths: Iterable[tupl
         return
     relative = [(key, path) for key, path in paths if path and not os.path.isabs(path)]
     relative += [(key, path) for key, path in models if path and not os.path.isabs(path) and os.path.exists(path)]
-    for key, path in relative:
+    if relative:
+        key, path = relative[0]
         raise ConfigError(f"{key} {path} is a relative path, and this job joins the Ray cluster at {address}, "
                           f"where it runs in a temporary copy of the working dir that other nodes lack and Ray "
                           f"deletes: give absolute paths on storage every node sees (e.g. \"$PWD/{path}\")")

@@ -46,8 +46,9 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_job(cfg: CurateConfig, args: argparse.Namespace) -> dict[str, Any]:
     inputs = cfg.input if isinstance(cfg.input, list) else [cfg.input]
-    refuse_relative_paths_on_a_cluster(cfg.ray.address, [*(("--input", p) for p in inputs), ("--video-root", cfg.video_root),
-                                                         ("--out", cfg.out), ("--weights-dir", args.weights_dir)])
+    refuse_relative_paths_on_a_cluster(cfg.ray.address, [*(("--input", p) for p in inputs),
+                                                         ("--video-root", cfg.video_root), ("--out", cfg.out),
+                                                         ("--weights-dir", args.weights_dir)])
     if args.plan_only:
         return plan_only(cfg)
     if args.weights_dir:

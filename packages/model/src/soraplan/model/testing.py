@@ -86,10 +86,10 @@ HAAR3D = {
 HAAR2D = {"aa": [[1, 1], [1, 1]], "ad": [[1, 1], [-1, -1]], "da": [[1, -1], [1, -1]],
           "dd": [[1, -1], [-1, 1]]}
 UPSTREAM_VAE_CONFIG = dict(latent_dim=4, base_channels=8, encoder_num_resblocks=1, decoder_num_resblocks=1,
-                  encoder_energy_flow_hidden_size=8, decoder_energy_flow_hidden_size=16,
-                  connect_res_layer_num=1, use_attention=True, norm_type="layernorm",
-                  t_interpolation="trilinear", attention_type="AttnBlock3DFix",
-                  scale=[0.5, 1.0, 1.5, 2.0], shift=[0.1, -0.1, 0.2, 0.0])
+                           encoder_energy_flow_hidden_size=8, decoder_energy_flow_hidden_size=16,
+                           connect_res_layer_num=1, use_attention=True, norm_type="layernorm",
+                           t_interpolation="trilinear", attention_type="AttnBlock3DFix",
+                           scale=[0.5, 1.0, 1.5, 2.0], shift=[0.1, -0.1, 0.2, 0.0])
 
 
 class Upstream(dict):
@@ -189,10 +189,10 @@ def write_upstream(folder: Path, config: dict, state: dict) -> Path:
 
 
 UPSTREAM_DIT_CONFIG = dict(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-                  num_layers=5, cross_attention_dim=24, caption_channels=16, patch_size=2,
-                  patch_size_t=1, activation_fn="gelu-approximate", attention_bias=True,
-                  norm_elementwise_affine=False, norm_eps=1e-6, sparse1d=True, sparse_n=2,
-                  interpolation_scale_t=1.0, interpolation_scale_h=1.0, interpolation_scale_w=1.0)
+                           num_layers=5, cross_attention_dim=24, caption_channels=16, patch_size=2,
+                           patch_size_t=1, activation_fn="gelu-approximate", attention_bias=True,
+                           norm_elementwise_affine=False, norm_eps=1e-6, sparse1d=True, sparse_n=2,
+                           interpolation_scale_t=1.0, interpolation_scale_h=1.0, interpolation_scale_w=1.0)
 
 
 def upstream_dit(cfg: dict) -> Upstream:
