@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -107,7 +108,8 @@ def moving_square(num_frames: int, width: int, height: int, color: tuple[int, in
 
 @pytest.fixture(scope="session")
 def clip_shards(tmp_path_factory) -> Path:
-    """A curated-shard dir: 3 good clips (one cropped), 1 corrupt file, 1 rejected row, in 2 shards."""
+    """A curated-shard dir: 3 good clips (one cropped), 1 corrupt file, 1 rejected row, in 2 shards,
+    with curation's camera labels on two of the good clips."""
     root = tmp_path_factory.mktemp("curated")
     videos = root / "videos"
     paths = []
@@ -122,6 +124,7 @@ def clip_shards(tmp_path_factory) -> Path:
 
     shard_a = [row("c0", paths[0]), row("c1", paths[1], crop=[8, 56, 0, 48]), row("bad", corrupt)]
     shard_b = [row("c2", paths[2], start_s=0.5, end_s=1.5), row("rej", paths[0], status=STATUS_REJECTED, reject_reasons=["static"])]
-    write_table_atomic(rows_to_table(shard_a), root / "clips" / "shard-000.parquet")
-    write_table_atomic(rows_to_table(shard_b), root / "clips" / "shard-001.parquet")
+    for name, rows, camera in [("shard-000", shard_a, ["pan_left", None, None]), ("shard-001", shard_b, ["zoom_in", "static"])]:
+        table = rows_to_table(rows).append_column("camera_motion", pa.array(camera, pa.string()))
+        write_table_atomic(table, root / "clips" / f"{name}.parquet")
     return root

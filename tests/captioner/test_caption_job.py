@@ -76,8 +76,9 @@ def test_qwen2_vl_frames_as_images_or_video(tiny_qwen2_vl_dir, frames_as):
     captions = captioner.caption(clips)
     assert [c.error for c in captions] == [None, None]
     assert all(isinstance(c.text, str) and 1 <= c.num_tokens <= 5 for c in captions)
-    text = captioner.processor.apply_chat_template(captioner._messages(4), add_generation_prompt=True, tokenize=False)
+    text = captioner.processor.apply_chat_template(captioner._messages(4, prompt.clip_text("pan_left")), add_generation_prompt=True, tokenize=False)
     assert text.count("<|video_pad|>" if frames_as == "video" else "<|image_pad|>") == (1 if frames_as == "video" else 4)
+    assert "The camera pans left." in text
 
 
 def test_llava_next_video_takes_frames_as_one_video(tiny_llava_next_video_dir, tiny_llava_dir, monkeypatch):
@@ -165,11 +166,16 @@ def test_caption_job_end_to_end_with_resume(ray_session, tiny_llava_dir, clip_sh
     assert rows["rej"]["vlm_caption"] is None and rows["rej"]["reject_reasons"] == ["static"]
     assert rows["c1"]["crop"] == [8, 56, 0, 48]  # input columns pass through unchanged
 
-    # Greedy captions do not depend on batching or on Ray: the job equals captioning in process.
+    # Greedy captions do not depend on batching or on Ray: the job equals captioning in process,
+    # each clip asked with the camera move curation measured on it.
     from soraplan.captioner.frames import clip_frames
 
-    captioner = cfg.vlm.build(cfg.prompt.build())
-    direct = captioner.caption([clip_frames(rows[c], cfg.frames).frames for c in ["c0", "c1", "c2"]])
+    prompt = cfg.prompt.build()
+    prompts = [prompt.clip_text(rows[c]["camera_motion"]) for c in ["c0", "c1", "c2"]]
+    assert "The camera pans left. Describe only" in prompts[0] and "The camera zooms in." in prompts[2]
+    assert prompts[1] == prompt.clip_text() and "{camera_motion}" not in prompts[1] and "  " not in prompts[1]
+    captioner = cfg.vlm.build(prompt)
+    direct = captioner.caption([clip_frames(rows[c], cfg.frames).frames for c in ["c0", "c1", "c2"]], prompts)
     assert [d.text for d in direct] == [rows[c]["vlm_caption"] for c in ["c0", "c1", "c2"]]
 
 

@@ -80,6 +80,14 @@ def test_requests_carry_the_frames_as_a_video_or_as_images(decoded):
     bad = to_request(decoded["bad"], prompt, "video", sampling)
     assert bad[ERROR_KEY].startswith("decode failed") and bad["messages"][1]["content"][0]["type"] == "text"
 
+    # The camera move curation measured (c0: pan_left) goes into the prompt where it asks for it.
+    camera = PromptTemplate(id="p", text="Describe the clip. {camera_motion} Be brief.")
+    assert decoded["c0"]["camera_motion"] == "pan_left"
+    text = to_request(decoded["c0"], camera, "video", sampling)["messages"][0]["content"][1]["text"]
+    assert text == "Describe the clip. The camera pans left. Be brief."
+    assert to_request(decoded["bad"], camera, "video", sampling)["messages"][0]["content"][0]["text"] \
+        == "Describe the clip. Be brief."
+
 
 def test_sampling_params_follow_the_generation_config():
     assert sampling_params(GenerationConfig(max_new_tokens=64, seed=3)) == {

@@ -54,6 +54,11 @@ def test_learning_rate_schedules():
     assert cosine.lr_factor(100, 100) == pytest.approx(0.1)
     linear = OptimizerConfig(schedule="linear")
     assert linear.lr_factor(50, 100) == pytest.approx(0.5)
+    by_time = OptimizerConfig(schedule="cosine", horizon="max_minutes")
+    assert by_time.lr_factor(5, 100, budget_spent=0.5) == pytest.approx(0.5)
+    assert by_time.lr_factor(5, 100, budget_spent=1.2) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="optimizer.horizon is max_minutes but max_minutes is not set"):
+        load_config(TrainerConfig, None, ["optimizer.horizon=max_minutes"])
     with pytest.raises(ConfigError, match="warmup_steps or warmup_ratio"):
         load_config(TrainerConfig, None, ["optimizer.warmup_steps=5", "optimizer.warmup_ratio=0.1"])
 
@@ -66,8 +71,9 @@ class RegressionTrainer(Trainer):
     def build(self) -> None:
         self.model = nn.Linear(8, 1)
         self.ema_model = self.model
-        self.engines["model"] = self.initialize(self.model, self.cfg.optimizer.build(self.model.parameters()),
-                                                micro_batch=4)
+        optimizer = self.cfg.optimizer.build(self.model.parameters())
+        self.engines["model"] = self.initialize(self.model, optimizer, micro_batch=4,
+                                                lr_scheduler=self.lr_scheduler(self.cfg.optimizer, optimizer))
         self.target = torch.randn(8, 1, generator=torch.Generator().manual_seed(123))
 
     def train_step(self) -> dict[str, float]:
@@ -75,9 +81,10 @@ class RegressionTrainer(Trainer):
         x = torch.randn(4, 8, generator=generator)
         engine = self.engines["model"]
         loss = ((engine(x) - x @ self.target) ** 2).mean()
+        lr = engine.get_lr()[0]
         engine.backward(loss)
         engine.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "lr": lr}
 
 
 def train(out, steps, **extra):
@@ -108,3 +115,14 @@ def test_loop_checkpoints_and_exact_resume(tmp_path):
         assert torch.equal(a, b)
     for name in straight.ema.shadow:
         assert torch.equal(straight.ema.shadow[name], resumed.ema.shadow[name])
+
+
+def test_a_schedule_over_the_time_budget_decays_to_its_floor_when_the_budget_stops_the_run(tmp_path):
+    trainer = train(tmp_path, 10**9, max_minutes=0.02, **{
+        "checkpoint.every": 0, "optimizer.schedule": "cosine", "optimizer.horizon": "max_minutes",
+        "optimizer.min_lr_ratio": 0.1})
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    lrs = [r["lr"] for r in rows]
+    assert trainer.step == len(rows) > 20 and trainer.budget_spent >= 1
+    assert lrs[0] == pytest.approx(0.3, rel=0.05) and 0.03 <= lrs[-1] < 0.04
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))

@@ -38,7 +38,7 @@ from soraplan.core.ray_session import RayConfig, refuse_relative_paths_on_a_clus
 from soraplan.core.schema import CAPTION_ERROR_FIELD, CAPTION_FIELDS, STATUS_ERROR
 
 # Row columns the decode task needs; the rest of the row stays on the driver.
-_TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop"]
+_TASK_COLUMNS = ["clip_id", "path", "start_s", "end_s", "width", "height", "fps", "crop", "camera_motion"]
 # A result part: the same types in every part, whatever nulls a batch happened to hold.
 RESULT_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string()),
@@ -85,7 +85,8 @@ class CaptionStage:
         n = len(batch["clip_id"])
         good = [i for i in range(n) if batch["decoded"][i]]
         start = time.perf_counter()
-        captions = self.captioner.caption([unpack_frames(batch["frames"][i], batch["frames_shape"][i]) for i in good])
+        captions = self.captioner.caption([unpack_frames(batch["frames"][i], batch["frames_shape"][i]) for i in good],
+                                          [self.prompt.clip_text(batch["camera_motion"][i]) for i in good])
         seconds = time.perf_counter() - start
         texts: list[str | None] = [None] * n
         tokens = [0] * n

@@ -90,7 +90,8 @@ PROBED_COLUMNS = ["end_s", "width", "height", "fps"]
 def decode_clip(row: dict[str, Any], frames_cfg: FrameSamplingConfig) -> dict[str, Any]:
     """Ray task: one clip row -> its sampled frames as raw bytes (or an error)."""
     # `decoded` flags success: all-null string columns do not survive Ray's batching as None.
-    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decoded": False, "decode_error": ""}
+    out: dict[str, Any] = {"clip_id": row["clip_id"], "frames": b"", "frames_shape": [0, 0, 0, 0], "decoded": False,
+                           "decode_error": "", "camera_motion": row.get("camera_motion") or ""}
     try:
         clip = clip_frames(row, frames_cfg)
     except Exception as exc:  # undecodable clip -> error row, never a failed job

@@ -1,13 +1,33 @@
-"""Prompt templates with ids, kept in YAML files (pipelines/configs/prompts/*.yaml)."""
+"""Prompt templates with ids, kept in YAML files (pipelines/configs/prompts/*.yaml).
+
+A caption template may hold `{camera_motion}`: each clip's prompt then carries what curation
+measured of its camera (the `camera_motion` column) as one sentence, or nothing when the clip
+has no label, so the VLM is told the camera move it would otherwise have to guess from a few
+frames.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from soraplan.core.config import ConfigError
+from soraplan.core.schema import CAMERA_LABELS
+
+CAMERA_SENTENCES = {
+    "static": "The camera is static.",
+    "pan_left": "The camera pans left.",
+    "pan_right": "The camera pans right.",
+    "tilt_up": "The camera tilts up.",
+    "tilt_down": "The camera tilts down.",
+    "zoom_in": "The camera zooms in.",
+    "zoom_out": "The camera zooms out.",
+    "mixed": "The camera moves irregularly (handheld, or several moves at once).",
+}
+assert set(CAMERA_SENTENCES) == set(CAMERA_LABELS)
 
 
 @dataclass(frozen=True)
@@ -22,6 +42,11 @@ class PromptTemplate:
         for key, value in values.items():
             text = text.replace("{" + key + "}", value)
         return text
+
+    def clip_text(self, camera_motion: str | None = None) -> str:
+        """The user turn for one clip, with its measured camera motion where the template asks."""
+        sentence = CAMERA_SENTENCES.get(camera_motion or "", "")
+        return re.sub(r" {2,}", " ", self.user_text(camera_motion=sentence)).strip()
 
 
 @dataclass

@@ -99,7 +99,7 @@ def _jpeg_base64(frame: np.ndarray) -> str:
 
 def to_request(row: dict[str, Any], prompt: PromptTemplate, frames_as: str, sampling: dict[str, Any]) -> dict[str, Any]:
     """A decoded clip row -> OpenAI-style chat messages with its frames, and sampling params."""
-    text = {"type": "text", "text": prompt.user_text()}
+    text = {"type": "text", "text": prompt.clip_text(row.get("camera_motion"))}
     visual: list[dict[str, Any]] = []
     if row["decoded"]:
         frames = [_jpeg_base64(f) for f in unpack_frames(row["frames"], row["frames_shape"])]

@@ -58,20 +58,20 @@ class VLMCaptioner:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         torch.manual_seed(cfg.generation.seed)
 
-    def _messages(self, num_frames: int) -> list[dict[str, Any]]:
+    def _messages(self, num_frames: int, text: str) -> list[dict[str, Any]]:
         visual = [{"type": "video"}] if self.frames_as == "video" else [{"type": "image"}] * num_frames
         messages: list[dict[str, Any]] = []
         if self.prompt.system:
             messages.append({"role": "system", "content": [{"type": "text", "text": self.prompt.system}]})
-        messages.append({"role": "user", "content": [*visual, {"type": "text", "text": self.prompt.user_text()}]})
+        messages.append({"role": "user", "content": [*visual, {"type": "text", "text": text}]})
         return messages
 
-    def _generate(self, clips: list[np.ndarray]) -> list[Generated]:
+    def _generate(self, clips: list[np.ndarray], prompts: list[str]) -> list[Generated]:
         import torch
 
         texts = [
-            self.processor.apply_chat_template(self._messages(len(c)), add_generation_prompt=True, tokenize=False)
-            for c in clips
+            self.processor.apply_chat_template(self._messages(len(c), p), add_generation_prompt=True, tokenize=False)
+            for c, p in zip(clips, prompts)
         ]
         visual = {"videos": clips} if self.frames_as == "video" else {"images": [list(c) for c in clips]}
         inputs = self.processor(text=texts, **visual, return_tensors="pt", padding=True).to(self.device)
@@ -84,25 +84,31 @@ class VLMCaptioner:
         lengths = generated_lengths(new_tokens, self.eos_ids, self.pad_id)
         return [Generated(clean_caption(t), n) for t, n in zip(decoded, lengths)]
 
-    def caption(self, clips: list[np.ndarray]) -> list[Generated]:
-        """One caption per clip (N x H x W x 3 frames); a failing clip gets an error, not an exception."""
+    def caption(self, clips: list[np.ndarray], prompts: list[str] | None = None) -> list[Generated]:
+        """One caption per clip (N x H x W x 3 frames), each asked with its prompt (default: the
+        template's text); a failing clip gets an error, not an exception."""
         if not clips:
             return []
+        prompts = prompts or [self.prompt.clip_text()] * len(clips)
+
+        def subset(ids: list[int]) -> list[Generated]:
+            return self.caption([clips[i] for i in ids], [prompts[i] for i in ids])
+
         if self.frames_as == "video" and len({len(c) for c in clips}) > 1:
             # Videos of different lengths do not stack into one tensor: one batch per frame count.
             by_count: dict[int, list[int]] = {}
             for i, clip in enumerate(clips):
                 by_count.setdefault(len(clip), []).append(i)
-            done = {i: cap for ids in by_count.values() for i, cap in zip(ids, self.caption([clips[i] for i in ids]))}
+            done = {i: cap for ids in by_count.values() for i, cap in zip(ids, subset(ids))}
             return [done[i] for i in range(len(clips))]
         if any(len(c) == 0 for c in clips):
             ok = [i for i, c in enumerate(clips) if len(c)]
-            captions = dict(zip(ok, self.caption([clips[i] for i in ok])))
+            captions = dict(zip(ok, subset(ok)))
             return [captions.get(i, Generated(None, 0, "no frames to caption")) for i in range(len(clips))]
         try:
-            return self._generate(clips)
+            return self._generate(clips, prompts)
         except Exception as exc:
             if len(clips) == 1:
                 return [Generated(None, 0, f"generation failed: {exc.__class__.__name__}: {exc}")]
         # The batch failed: retry one by one so only the bad clips get error rows.
-        return [self.caption([clip])[0] for clip in clips]
+        return [subset([i])[0] for i in range(len(clips))]

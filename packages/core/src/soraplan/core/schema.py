@@ -72,6 +72,9 @@ REASON_CHAOTIC = "chaotic"
 REASON_SUBTITLES = "subtitles"
 REASON_LOW_AESTHETIC = "low_aesthetic"
 
+# The curation camera stage's labels (column `camera_motion`); the captioner reads them too.
+CAMERA_LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "mixed")
+
 def empty_clip_row(**values: Any) -> dict[str, Any]:
     """A row with every base column present (None where unknown), updated with `values`."""
     row: dict[str, Any] = {f.name: None for f in CLIP_FIELDS}

@@ -28,7 +28,6 @@ from soraplan.curation.motion import FLOW_FIELDS, FLOW_STRIDE, dense_flow, grey_
 from soraplan.curation.resources import Resources
 from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
 
-CAMERA_LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "mixed")
 REASON_LOCKED_OFF = "locked_off"
 
 
@@ -98,7 +97,7 @@ class CameraMotion(Stage):
     name = "camera"
     reasons = (REASON_LOCKED_OFF,)
     resources = Resources(cpus=1.0)  # NumPy least squares (and OpenCV flow without the flow backend)
-    extra_columns = (pa.field("camera_motion", pa.string()),  # one of CAMERA_LABELS
+    extra_columns = (pa.field("camera_motion", pa.string()),  # one of core.schema.CAMERA_LABELS
                      pa.field("camera_motion_score", pa.float64()),  # camera flow, fraction of the short side
                      pa.field("subject_motion_score", pa.float64()))  # flow the camera leaves unexplained
     scores_rejected = True  # its columns cost nothing once the clip is measured

@@ -94,6 +94,7 @@ class RefineTrainConfig(TrainerConfig):
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
     def validate(self) -> None:
+        super().validate()
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(f"global_batch_size {self.global_batch_size} is not a multiple of "
                               f"micro_batch_size {self.micro_batch_size}")
@@ -174,7 +175,7 @@ class RefinerTrainer(Trainer):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = get_peft_model(model, cfg.lora.build()).to(self.device)
         optimizer = cfg.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
-        scheduler = cfg.optimizer.build_scheduler(optimizer, self.total_steps)
+        scheduler = self.lr_scheduler(cfg.optimizer, optimizer)
         self.engines["model"] = self.engine = self.initialize(
             self.model, optimizer, cfg.micro_batch_size, self.grad_accum, scheduler)
         self.eval_loss_before: float | None = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
 from soraplan.core.config import (
@@ -26,7 +27,11 @@ from soraplan.core.config import (
 
 @dataclass
 class OptimizerConfig:
-    """AdamW, with a linear warm-up and then a constant, cosine or linear learning rate."""
+    """AdamW, with a linear warm-up and then a constant, cosine or linear learning rate.
+
+    The decay runs over the run's `steps`, or with `horizon: max_minutes` over the wall-time
+    budget of this launch: a run that stops on its budget (a step count it cannot reach) still
+    ends at `lr * min_lr_ratio`."""
 
     lr: PositiveFloat = 1e-4
     betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
@@ -37,6 +42,7 @@ class OptimizerConfig:
     warmup_ratio: UnitFloat = 0.0  # warm-up as a share of the run's steps (instead of warmup_steps)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: UnitFloat = 0.0  # cosine and linear decay end at lr * min_lr_ratio
+    horizon: Literal["steps", "max_minutes"] = "steps"  # what the decay spans
 
     def validate(self) -> None:
         if self.warmup_steps and self.warmup_ratio:
@@ -48,21 +54,27 @@ class OptimizerConfig:
         return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
                                  weight_decay=self.weight_decay)
 
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        """The learning rate of optimizer step `step` (0-based) as a multiple of `lr`."""
+    def lr_factor(self, step: int, total_steps: int, budget_spent: float = 0.0) -> float:
+        """The learning rate of optimizer step `step` (0-based) as a multiple of `lr`;
+        `budget_spent` is the share of the wall-time budget gone (for `horizon: max_minutes`)."""
         warmup = self.warmup_steps or round(self.warmup_ratio * total_steps)
         if step < warmup:
             return (step + 1) / warmup
         if self.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if self.horizon == "max_minutes":
+            progress = min(1.0, budget_spent)
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
 
-    def build_scheduler(self, optimizer: Any, total_steps: int) -> Any:
+    def build_scheduler(self, optimizer: Any, total_steps: int,
+                        budget_spent: Callable[[], float] = lambda: 0.0) -> Any:
         import torch
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.lr_factor(s, total_steps))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: self.lr_factor(s, total_steps, budget_spent()))
 
 
 @dataclass
@@ -95,6 +107,13 @@ class TrainerConfig:
     # Extra DeepSpeed settings merged over the generated config, e.g. {"zero_optimization":
     # {"offload_optimizer": {"device": "cpu"}}}.
     deepspeed: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if isinstance(section, OptimizerConfig) and section.horizon == "max_minutes" \
+                    and self.max_minutes is None:
+                raise ConfigError(f"{f.name}.horizon is max_minutes but max_minutes is not set")
 
     def use_bf16(self, on_gpu: bool) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and on_gpu)

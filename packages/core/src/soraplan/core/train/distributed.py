@@ -54,12 +54,13 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """Rank 0's `flag` on every rank, so no rank enters a collective alone."""
-    value = torch.tensor([float(flag)], device=device)
+def rank0_value(value: float, device: torch.device) -> float:
+    """Rank 0's `value` on every rank, so that ranks decide alike (and none enters a collective
+    alone)."""
+    tensor = torch.tensor([float(value)], device=device)
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
+        torch.distributed.broadcast(tensor, src=0)
+    return float(tensor.item())
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

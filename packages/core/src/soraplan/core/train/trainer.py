@@ -38,8 +38,8 @@ from soraplan.core.train.checkpoint import (
     latest_checkpoint,
     staging_dir,
 )
-from soraplan.core.train.config import TrainerConfig, deepspeed_config
-from soraplan.core.train.distributed import all_ranks_agree, barrier, init_distributed
+from soraplan.core.train.config import OptimizerConfig, TrainerConfig, deepspeed_config
+from soraplan.core.train.distributed import barrier, init_distributed, rank0_value
 from soraplan.core.train.ema import EMA
 from soraplan.core.train.universal import UNIVERSAL_DIR, convert_to_universal, saved_world_size
 
@@ -73,6 +73,7 @@ class Trainer:
         self.ckpt_root = self.out / CHECKPOINTS_DIR
         self.step = 0
         self.total_steps = cfg.steps  # where this run ends; build() may lower it
+        self.budget_spent = 0.0  # share of max_minutes gone, as rank 0 measures it
         self.engines: dict[str, Any] = {}
         self.ema_model: torch.nn.Module | None = None
         self.resume_from = latest_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
@@ -118,6 +119,10 @@ class Trainer:
         """Every rank, after each step's logging (e.g. sample videos at some cadence)."""
 
     # --- shared pieces ---------------------------------------------------------------------------
+    def lr_scheduler(self, opt_cfg: OptimizerConfig, optimizer: Any) -> Any:
+        """The learning-rate schedule of `optimizer`, over `total_steps` or the time budget."""
+        return opt_cfg.build_scheduler(optimizer, self.total_steps, lambda: self.budget_spent)
+
     def deepspeed_config(self, micro_batch: int, grad_accum: int = 1) -> dict[str, Any]:
         return deepspeed_config(self.cfg, micro_batch, self.world_size, grad_accum, self.bf16,
                                 self.load_universal)
@@ -158,8 +163,10 @@ class Trainer:
         started = time.monotonic()
         saved_at = self.step
         while self.step < self.total_steps:
-            if cfg.max_minutes is not None and all_ranks_agree(
-                    time.monotonic() - started > 60 * cfg.max_minutes, self.device):
+            if cfg.max_minutes is not None:
+                self.budget_spent = rank0_value((time.monotonic() - started) / (60 * cfg.max_minutes),
+                                                self.device)
+            if self.budget_spent >= 1:
                 log.info("%s: time budget of %g min reached at step %d", self.name, cfg.max_minutes,
                          self.step)
                 break

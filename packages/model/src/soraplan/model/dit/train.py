@@ -122,7 +122,7 @@ class DiTTrainer(Trainer):
         optimizer = cfg.optimizer.build(self.model.parameters())
         self.engines["model"] = self.initialize(
             self.model, optimizer, cfg.data.global_batch // self.world_size,
-            lr_scheduler=cfg.optimizer.build_scheduler(optimizer, cfg.steps))
+            lr_scheduler=self.lr_scheduler(cfg.optimizer, optimizer))
         self.ema_model = self.model
         self.noise_scheduler = cfg.diffusion.train_scheduler()
 

@@ -80,7 +80,7 @@ class VAETrainer(Trainer):
             optimizer = opt_cfg.build([p for p in model.parameters() if p.requires_grad])
             self.engines[name] = self.initialize(
                 model, optimizer, cfg.data.batch_size,
-                lr_scheduler=opt_cfg.build_scheduler(optimizer, cfg.steps))
+                lr_scheduler=self.lr_scheduler(opt_cfg, optimizer))
         self.batch: torch.Tensor | None = None  # the last step's input, for reconstruction videos
 
     def train_step(self) -> dict[str, float]:
