@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from _stats import spread
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as fh:
@@ -132,11 +134,6 @@ KINDS = [("full", "full", 0), ("skiparse k=2", "single_skip", 2), ("skiparse k=2
          ("skiparse k=4", "single_skip", 4), ("skiparse k=4", "group_skip", 4),
          ("skiparse k=8", "single_skip", 8), ("skiparse k=8", "group_skip", 8),
          ("2+1D", "spatial", 0), ("2+1D", "temporal", 0)]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """Median of repeated runs with their range."""
-    return {"median": round(median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
 def per_mode(per_kind: dict[str, dict]) -> dict[str, dict]:

@@ -17,7 +17,8 @@ import os
 import sys
 import time
 
-from attention_speed import measure_in_subprocess, peak_rss_mib, rss_mib, spread
+from _stats import spread
+from attention_speed import measure_in_subprocess, peak_rss_mib, rss_mib
 
 MODES = ["full", "spatial_temporal", "skip_window", "skiparse"]
 

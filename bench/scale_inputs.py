@@ -37,6 +37,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from _stats import spread
 from soraplan.core.inputs import span_id
 from soraplan.core.testing.media import make_video
 
@@ -158,10 +159,6 @@ def finalize_once(out: Path, num_cpus: int) -> dict[str, Any]:
     run = measure([sys.executable, "-c", FINALIZE, str(out), str(num_cpus)])
     counts = json.loads(run.pop("stdout").splitlines()[-1])
     return {"counts": counts, "finalize_s": counts["seconds"], **run}
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
 def bench_size(clips: int, args: argparse.Namespace) -> dict[str, Any]:

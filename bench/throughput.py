@@ -1,6 +1,6 @@
 """Curation throughput on ../shared/devset on local Ray. Prints JSON.
 
-    uv run python bench/throughput.py [--num-cpus 2] [--config C] [--random-aesthetic]
+    uv run python bench/throughput.py [--num-cpus 2] [--runs 3] [--config C] [--random-aesthetic]
         [--skip-decode-count] [KEY=VALUE overrides]
 
 - clips/s and video-seconds/s of the whole curation job (Ray already started, so its start-up
@@ -8,7 +8,10 @@
 - decodes per clip: full decoding passes the analyzer makes per input clip, counted by wrapping
   the decoder in-process on every clip (must be 1), and frames decoded per frame in the clip;
 - the ratio of the job's wall time to a decode-only pass over the same frames (same actor
-  pool, same analysis size). Target: <= 3.
+  pool, same analysis size), each job run followed by its decode-only pass so that load drifts
+  hit both.
+
+Each figure is the median of `--runs` rounds with its range.
 
 The default config is the offline profile (no weights). With `--config
 pipelines/configs/curate_full.yaml --random-aesthetic` the full profile runs on real LPIPS
@@ -32,6 +35,7 @@ import psutil
 
 from _devset import devset_dir
 from _random_weights import RANDOM_AESTHETIC, save_random_aesthetic
+from _stats import spread
 from soraplan.curation import analyze
 from soraplan.curation.analyze import ClipAnalyzer
 from soraplan.curation.cli import weights_only_from
@@ -121,6 +125,7 @@ def count_decodes(cfg: CurateConfig, clips: list) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--config", default=str(REPO / "pipelines/configs/curate.yaml"))
     parser.add_argument("--random-aesthetic", action="store_true",
                         help="aesthetic stage on random ViT-L/14 + LAION head files (speed only)")
@@ -129,8 +134,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     videos = devset_dir() / "videos"
-    out = Path(tempfile.mkdtemp(prefix="throughput_"))
-    overrides = [f"input={videos}", f"out={out}", *args.overrides]
+    overrides = [f"input={videos}", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="random_weights_") as tmp:
         if args.random_aesthetic:
             directory = Path(tmp)
@@ -148,17 +152,14 @@ def main() -> None:
     print()
 
 
-def measure(cfg: CurateConfig, videos: Path, args: argparse.Namespace) -> dict:
-    clips = read_inputs(videos)
-    load_before = os.getloadavg()
-    ray = init_ray(num_cpus=args.num_cpus)
-
+def one_round(cfg: CurateConfig, clips: list, ray) -> dict:
+    """One curation job into a fresh folder, then the decode-only pass over the same clips."""
+    cfg.out = tempfile.mkdtemp(prefix="throughput_")
     meter = CpuMeter()
     started = time.perf_counter()
     summary = run(cfg)
     job_s = time.perf_counter() - started
     job_cpu_s = meter.seconds()
-    load_after = os.getloadavg()
 
     started = time.perf_counter()
     ds = ray.data.from_items([{"path": c.path} for c in clips], override_num_blocks=len(clips))
@@ -166,29 +167,39 @@ def measure(cfg: CurateConfig, videos: Path, args: argparse.Namespace) -> dict:
                              batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.ray.concurrency),
                              num_cpus=actor_resources(cfg, 0).cpus).sum("frames")
     decode_s = time.perf_counter() - started
-    ray.shutdown()
-
     rows = read_clip_table(cfg.out).to_pylist()
     video_s = sum(r["end_s"] - r["start_s"] for r in rows if r["status"] != "error")
+    return {"job_wall_s": job_s, "decode_only_wall_s": decode_s, "job_to_decode_ratio": job_s / decode_s,
+            "clips_per_s": len(clips) / job_s, "video_seconds_per_s": video_s / job_s, "job_cpu_s": job_cpu_s,
+            "clips_per_cpu_s": len(clips) / job_cpu_s, "video_seconds_per_cpu_s": video_s / job_cpu_s,
+            "video_seconds": video_s, "frames": int(decoded), "summary": summary}
+
+
+def measure(cfg: CurateConfig, videos: Path, args: argparse.Namespace) -> dict:
+    clips = read_inputs(videos)
+    load_before = os.getloadavg()
+    ray = init_ray(num_cpus=args.num_cpus)
+    rounds = [one_round(cfg, clips, ray) for _ in range(args.runs)]
+    ray.shutdown()
+    load_after = os.getloadavg()
+    last = rounds[-1]["summary"]
+    stages = sorted({s for r in rounds for s in r["summary"]["stage_wall_seconds"]})
     return {
         "config": str(args.config),
         "clips": len(clips),
-        "video_seconds": video_s,
-        "frames": int(decoded),
-        "job_wall_s": job_s,
-        "clips_per_s": len(clips) / job_s,
-        "video_seconds_per_s": video_s / job_s,
-        "job_cpu_s": job_cpu_s,
-        "clips_per_cpu_s": len(clips) / job_cpu_s,
-        "video_seconds_per_cpu_s": video_s / job_cpu_s,
+        "video_seconds": rounds[-1]["video_seconds"],
+        "frames": rounds[-1]["frames"],
+        "runs": args.runs,
+        **{key: spread([r[key] for r in rounds], 3) for key in (
+            "job_to_decode_ratio", "job_wall_s", "decode_only_wall_s", "clips_per_s", "video_seconds_per_s",
+            "job_cpu_s", "clips_per_cpu_s", "video_seconds_per_cpu_s")},
         "load_average_1_5_15_before": load_before,
         "load_average_1_5_15_after": load_after,
-        "decode_only_wall_s": decode_s,
-        "job_to_decode_ratio": job_s / decode_s,
         **({} if args.skip_decode_count else count_decodes(cfg, clips)),
-        "stage_wall_seconds": summary["stage_wall_seconds"],
-        "kept": summary["kept"],
-        "rows": summary["rows"],
+        "stage_wall_seconds": {s: spread([r["summary"]["stage_wall_seconds"].get(s, 0.0) for r in rounds], 1)
+                               for s in stages},
+        "kept": last["kept"],
+        "rows": last["rows"],
         "actors": cfg.ray.concurrency,
         "num_cpus": args.num_cpus,
         "motion_backend": cfg.analyze.motion.backend,

@@ -109,3 +109,30 @@ def test_scores_flow_into_the_shards_and_the_funnel(tiny_weights, media, tmp_pat
     assert kept and all(isinstance(r["aesthetic_score"], float) for r in kept)
     funnel = summary["stages"]["aesthetic"]
     assert funnel["in"] == funnel["passed"] == len(kept)
+
+
+def test_dtype_auto_takes_bf16_only_where_the_hardware_multiplies_it():
+    from soraplan.curation.aesthetic import cpu_has_bf16_matrix_units, resolve_dtype
+
+    sapphire_rapids = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    cascade_lake_bf16 = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n"  # vector bf16 only
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16\n"
+    assert cpu_has_bf16_matrix_units(sapphire_rapids) and cpu_has_bf16_matrix_units(graviton3)
+    assert not cpu_has_bf16_matrix_units(cascade_lake_bf16) and not cpu_has_bf16_matrix_units("")
+    assert resolve_dtype("auto", on_gpu=True) == "bfloat16"
+    assert resolve_dtype("auto", on_gpu=True, gpu_has_bf16=False) == "float16"
+    assert resolve_dtype("float32", on_gpu=True) == "float32"
+    assert resolve_dtype("auto", on_gpu=False) == ("bfloat16" if cpu_has_bf16_matrix_units() else "float32")
+
+
+def test_bf16_scores_stay_close_to_fp32(tiny_weights):
+    import torch
+
+    rng = np.random.default_rng(1)
+    fp32 = tiny_config(tiny_weights, dtype="float32").build()
+    bf16 = tiny_config(tiny_weights, dtype="bfloat16").build()
+    assert fp32.visual.conv1.weight.dtype == torch.float32 and bf16.visual.conv1.weight.dtype == torch.bfloat16
+    frames = [fp32.prepare(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)) for _ in range(4)]
+    (a, ea), (b, eb) = fp32.process(frames, with_embeddings=True), bf16.process(frames, with_embeddings=True)
+    assert b.dtype == np.float64 and np.abs(a - b).max() < 0.05 * max(np.abs(a).max(), 1e-3)
+    assert (ea * eb).sum(axis=1).min() > 0.99  # unit embeddings: cosine similarity

@@ -44,6 +44,19 @@ def test_the_lpips_free_path_measures_flow_itself(tmp_path):
     assert row["camera_motion"] == "pan_left"
 
 
+def test_the_stage_reuses_the_flow_backends_frames_and_fields_when_they_match(tmp_path):
+    path = write_video(tmp_path / "zoom.mp4", camera_clip("zoom_in", seed=3), 24)
+    clip = InputClip(source_id="z", path=str(path))
+    shared = ClipAnalyzer(AnalyzeConfig(motion=MotionConfig(flow_min=0.0), ocr=OcrConfig(enabled=False)))
+    # Flow at another size: the camera stage keeps its own frames and measures them itself.
+    own = ClipAnalyzer(AnalyzeConfig(motion=MotionConfig(flow_min=0.0, flow_short_side=96), ocr=OcrConfig(enabled=False)))
+    (a,), (b,) = shared.analyze(clip), own.analyze(clip)
+    assert shared.stage("camera").reuses_flow and not own.stage("camera").reuses_flow
+    assert a["camera_motion"] == b["camera_motion"] == "zoom_in"
+    assert a["camera_motion_score"] == b["camera_motion_score"]
+    assert a["subject_motion_score"] == b["subject_motion_score"]
+
+
 def test_fit_recovers_shift_and_zoom():
     ys, xs = np.mgrid[0:32, 0:57].astype(np.float32) * 4
     zoom = 0.05  # flow = 5% of the distance from the centre

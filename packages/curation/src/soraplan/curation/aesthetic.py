@@ -3,6 +3,11 @@
 The head is "sac+logos+ava1-l14-linearMSE" from christophschuhmann/improved-aesthetic-predictor
 (768-1024-128-64-16-1). A segment's score is the mean over frames at 10%, 50% and 90% of its
 span, as Open-Sora-Plan v1.3 scores clips; it keeps segments scoring at least 4.75.
+
+`dtype: auto` runs CLIP and the head in bf16 where the hardware multiplies bf16 matrices
+natively (GPUs with bf16, fp16 on older ones; CPUs with AMX or Arm's BF16 extension) and in
+fp32 elsewhere: on CPUs without such units bf16 is emulated and slower than fp32.
+`bench/aesthetic_dtype.py` measures the speed-up and the score drift against fp32.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -44,6 +49,7 @@ class AestheticConfig(StageConfig):
     sample_fps: PositiveFloat = 2.0  # frames buffered per second during decoding to pick those from
     short_side: PositiveInt = 224  # buffered frames are kept at this short side
     batch_size: PositiveInt = 8  # frames per forward pass, across the clip's segments
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # see the module docstring
 
     def validate(self) -> None:
         if not self.positions:
@@ -54,6 +60,31 @@ class AestheticConfig(StageConfig):
 
     def stage_class(self) -> type[AestheticScorer]:
         return AestheticScorer
+
+
+def cpu_has_bf16_matrix_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices natively: Intel AMX (`amx_bf16`) or Arm's BF16
+    extension (`bf16`), from the flags of /proc/cpuinfo (False where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return "amx_bf16" in flags or "bf16" in flags
+
+
+def resolve_dtype(dtype: str, on_gpu: bool, gpu_has_bf16: bool = True) -> str:
+    """The torch dtype name the stage computes in, for `AestheticConfig.dtype`."""
+    if dtype != "auto":
+        return dtype
+    if on_gpu:
+        return "bfloat16" if gpu_has_bf16 else "float16"
+    return "bfloat16" if cpu_has_bf16_matrix_units() else "float32"
 
 
 def laion_mlp() -> Any:
@@ -90,8 +121,8 @@ class AestheticScorer(Stage):
 
     name = "aesthetic"
     reasons = (REASON_LOW_AESTHETIC,)
-    # fp16 on a GPU when the cluster has one: ViT-L/14 then holds about 0.9 GB and scores a few
-    # frames per segment, so two actors share a GPU.
+    # bf16 (or fp16) on a GPU when the cluster has one: ViT-L/14 then holds about 0.9 GB and
+    # scores a few frames per segment, so two actors share a GPU.
     resources = Resources(cpus=1.0, gpus=0.5)
 
     def __init__(self, cfg: AestheticConfig) -> None:
@@ -113,9 +144,9 @@ class AestheticScorer(Stage):
         if cfg.clip_model_config:
             open_clip.add_model_config(cfg.clip_model_config)
         model = self.load_clip()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # fp16 on GPU; fp32 on CPU, where bf16 autocast measured 8x slower.
-        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
+        on_gpu = torch.cuda.is_available()
+        self.device = "cuda" if on_gpu else "cpu"
+        self.dtype = getattr(torch, resolve_dtype(cfg.dtype, on_gpu, on_gpu and torch.cuda.is_bf16_supported()))
         self.visual = model.visual.eval().to(self.device, self.dtype)
         pp = model.visual.preprocess_cfg
         size = pp["size"]

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from soraplan.core.config import NonNegativeFloat, PositiveInt, UnitFloat
-from soraplan.curation.motion import FLOW_FIELDS, FLOW_STRIDE, dense_flow, grey_flow_frame
+from soraplan.curation.motion import FLOW_FIELDS, FLOW_SAMPLING, FLOW_STRIDE, dense_flow, grey_flow_frame
 from soraplan.curation.resources import Resources
 from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
 
@@ -110,16 +110,20 @@ class CameraMotion(Stage):
         self.clip = clip
         self.positions: list[int] = []
         self.frames: list[np.ndarray] = []
+        # The flow backend samples the same frames at the same size: its fields serve as they
+        # are, and this stage keeps no frames of its own.
+        self.reuses_flow = clip.signals.get(FLOW_SAMPLING) == (self.cfg.frame_skip, self.cfg.flow_short_side)
 
     def observe(self, frame: np.ndarray, time_s: float) -> None:
         self.positions.append(self.clip.position)
-        self.frames.append(grey_flow_frame(frame, self.cfg.flow_short_side))
+        if not self.reuses_flow:
+            self.frames.append(grey_flow_frame(frame, self.cfg.flow_short_side))
 
     def finish(self, clip: ClipContext) -> None:
-        shared = clip.signals.get(FLOW_FIELDS)
-        grid = self.frames[0][::FLOW_STRIDE, ::FLOW_STRIDE].shape if self.frames else None
-        if shared is not None and list(shared[0]) == self.positions and (not shared[1] or shared[1][0].shape[:2] == grid):
-            fields = shared[1]  # the flow backend measured the same pairs at the same size
+        if self.reuses_flow:
+            positions, fields = clip.signals[FLOW_FIELDS]
+            if list(positions) != self.positions:
+                raise RuntimeError("the flow backend sampled other frames than it announced")
         else:
             fields = [dense_flow(a, b)[::FLOW_STRIDE, ::FLOW_STRIDE] for a, b in zip(self.frames, self.frames[1:])]
         self.frames = []

@@ -29,8 +29,10 @@ from soraplan.curation.weights import (
 # Signal: (clip positions of the sampled frames, distance from each to the next, the smallest
 # distance that can be a cut in this backend's units), for jump cuts.
 CUT_DISTANCES = "motion.cut_distances"
-# Signal of the flow backend: (clip positions of the sampled frames, the optical flow from each
-# to the next, every FLOW_STRIDE-th pixel of the flow frames), for the camera-motion stage.
+# Signals of the flow backend, for the camera-motion stage: at the start of a clip, how it
+# samples (frame_skip, flow_short_side); after the pass, (clip positions of the sampled frames,
+# the optical flow from each to the next, every FLOW_STRIDE-th pixel of the flow frames).
+FLOW_SAMPLING = "motion.flow_sampling"
 FLOW_FIELDS = "motion.flow_fields"
 FLOW_STRIDE = 4
 
@@ -153,6 +155,10 @@ class FlowMotion(MotionStage):
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         return grey_flow_frame(rgb, self.short_side)
+
+    def start(self, clip: ClipContext) -> None:
+        super().start(clip)
+        clip.signals[FLOW_SAMPLING] = (self.cfg.frame_skip, self.short_side)
 
     def finish(self, clip: ClipContext) -> None:
         self.fields: list[np.ndarray] = []
