@@ -130,3 +130,44 @@ def test_sample_saves_the_pipeline_and_samples_from_it(assets, tmp_path, written
             main([*argv, *ARGS])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_sampler_swaps_the_scheduler_keeping_its_config(assets, written, capsys):
+    from diffusers import DDIMScheduler
+
+    from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
+    from soraplan.model.dit.modeling_skiparse import SkiparseDiT
+    from soraplan.model.dit.text import TextEncoder
+    from soraplan.model.dit.codec import load_wfvae_codec
+
+    base = ["--checkpoint", str(assets / "run"), "--vae", str(assets / "vae"), "--text-encoder", str(assets / "t5")]
+    main([*base, "--out", "ddim.mp4", "--sampler", "ddim", *ARGS])
+    main([*base, "--out", "default.mp4", *ARGS])
+    assert not np.array_equal(written["ddim.mp4"], written["default.mp4"])
+    # The same as sampling by hand with DDIM built from the default scheduler's config.
+    ddim = DDIMScheduler.from_config(DiffusionConfig().sample_scheduler().config)
+    assert ddim.config.prediction_type == "v_prediction" and ddim.config.rescale_betas_zero_snr
+    assert ddim.config.timestep_spacing == "trailing"
+    text = TextEncoder(str(assets / "t5"), 512)
+    states, mask = text.encode(["a red kite", ""])
+    model = SkiparseDiT.from_pretrained(resolve_pretrained(assets / "run"))
+    latents = sample_latents(model, ddim, (4, 2, 4, 6), states[:1], mask[:1], states[1:], mask[1:], 2, 7.5, 7)
+    video = load_wfvae_codec(str(assets / "vae"), "vae").decode(latents)[0].permute(1, 2, 3, 0).numpy()
+    assert np.array_equal(written["ddim.mp4"], np.clip(((video + 1) * 127.5).round(), 0, 255).astype(np.uint8))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--sampler", "heun", *ARGS])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "sampler" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_learned_variance_dit_samples_only_with_ddpm():
+    from types import SimpleNamespace
+
+    from soraplan.core.config import ConfigError
+    from soraplan.model.dit.diffusion import DiffusionConfig
+    from soraplan.model.sample import use_sampler
+
+    pipe = SimpleNamespace(scheduler=DiffusionConfig(kind="iddpm").sample_scheduler())
+    with pytest.raises(ConfigError, match="only ddpm samples"):
+        use_sampler(pipe, "ddim")

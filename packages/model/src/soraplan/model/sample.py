@@ -62,6 +62,27 @@ class SampleConfig:
     seeds: list[NonNegativeInt] = field(default_factory=list)  # several seeds a prompt, instead of `seed`
     fps: PositiveFloat = 16.0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when there is a GPU
+    # The diffusers scheduler that samples, built from the pipeline's own scheduler config (its
+    # betas, prediction type, zero-SNR rescale, spacing); None keeps the pipeline's: Euler
+    # ancestral for v-prediction, DDPM for learned variance (which only DDPM samples).
+    sampler: Literal["euler_ancestral", "euler", "ddim", "dpm_solver", "ddpm"] | None = None
+
+
+SAMPLERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
+            "ddim": "DDIMScheduler", "dpm_solver": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
+
+
+def use_sampler(pipe: SoraPlanPipeline, sampler: str | None) -> None:
+    """Swap the pipeline's scheduler for `sampler`, from the same scheduler config."""
+    if sampler is None:
+        return
+    import diffusers
+
+    config = pipe.scheduler.config
+    if config.get("variance_type") == "learned_range" and sampler != "ddpm":
+        raise ConfigError(f"--sampler {sampler}: this DiT predicts its variance (IDDPM), which only "
+                          "ddpm samples; leave --sampler unset or set it to ddpm")
+    pipe.register_modules(scheduler=getattr(diffusers, SAMPLERS[sampler]).from_config(config))
 
 
 def prompts_of(cfg: SampleConfig) -> list[str]:
@@ -148,6 +169,7 @@ def sample(cfg: SampleConfig) -> Path:
         pipe.check_inputs(cfg.frames, cfg.height, cfg.width)
     except ValueError as exc:
         raise ConfigError(f"--frames/--height/--width: {exc}") from None
+    use_sampler(pipe, cfg.sampler)
     if need_text_encoder and pipe.text_encoder is None:
         if cfg.pipeline:
             raise ConfigError(f"{cfg.pipeline} holds no text encoder; set --text-cache to a text "
