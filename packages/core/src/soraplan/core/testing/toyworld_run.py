@@ -51,6 +51,7 @@ class ToyRunConfig:
     seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1])  # sampling seeds per caption
     sample_steps: PositiveInt = 20
     guidance: NonNegativeFloat = 5.0
+    sampler: str | None = None  # soraplan-sample --sampler; None: the pipeline's own
     vae_checks: PositiveInt = 16  # kept clips reconstructed by the VAE and checked
     # Extra key=value overrides for each job (e.g. dit: ["model.overrides.num_layers=6"]).
     curate: list[str] = field(default_factory=list)
@@ -195,7 +196,8 @@ class ToyRun:
             "--text-encoder", str(self.text_encoder), "--prompts-file", str(prompts),
             "--seeds", *map(str, self.cfg.seeds), "--out", str(self.samples),
             "--frames", str(SHOT_FRAMES), "--height", str(SIZE), "--width", str(SIZE),
-            "--steps", str(self.cfg.sample_steps), "--cfg", str(self.cfg.guidance), "--fps", str(FPS)])
+            "--steps", str(self.cfg.sample_steps), "--cfg", str(self.cfg.guidance), "--fps", str(FPS),
+            *(["--sampler", self.cfg.sampler] if self.cfg.sampler else [])])
 
     def check_vae(self) -> None:
         """Reconstruct kept clips with the trained VAE, for the checker: what the DiT can reach at
