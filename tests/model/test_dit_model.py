@@ -152,3 +152,25 @@ def test_sampling_runs_with_cfg_and_is_seeded():
     sched = diffusion.sample_scheduler()
     sched.set_timesteps(4)
     assert sched.timesteps[0] == 999  # trailing spacing starts at the zero-SNR step
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "euler", "ddim", "dpm_solver", "ddpm"])
+def test_every_sampler_lands_on_what_an_exact_denoiser_predicts(sampler):
+    """A model that returns the exact v towards one latent x0 (values well outside [-1, 1], as
+    normalised latents have) must be sampled to x0 by every sampler the CLI offers."""
+    from soraplan.model.dit.diffusion import sampler_from_config
+
+    train = DiffusionConfig().train_scheduler()
+    alphas = train.alphas_cumprod.double()
+    x0 = torch.linspace(-3.0, 3.0, 2 * 2 * 3 * 3).reshape(1, 2, 2, 3, 3).double()
+
+    def exact_v(x_t, t, states, mask):
+        a = alphas[t.round().long()].sqrt().view(-1, 1, 1, 1, 1)
+        s = (1 - alphas[t.round().long()]).sqrt().view(-1, 1, 1, 1, 1)
+        eps = (x_t.double() - a * x0) / s.clamp(min=1e-12)
+        return (a * eps - s * x0).to(x_t.dtype)
+
+    scheduler = sampler_from_config(sampler, DiffusionConfig().sample_scheduler().config)
+    states, mask = torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.bool)
+    out = sample_latents(exact_v, scheduler, (2, 2, 3, 3), states, mask, states, mask, 20, 1.0, 0)
+    assert torch.allclose(out.double(), x0, atol=1e-2), (out - x0).abs().max()

@@ -135,17 +135,18 @@ def test_sample_saves_the_pipeline_and_samples_from_it(assets, tmp_path, written
 def test_sampler_swaps_the_scheduler_keeping_its_config(assets, written, capsys):
     from diffusers import DDIMScheduler
 
-    from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents
+    from soraplan.model.dit.codec import load_wfvae_codec
+    from soraplan.model.dit.diffusion import DiffusionConfig, sample_latents, sampler_from_config
     from soraplan.model.dit.modeling_skiparse import SkiparseDiT
     from soraplan.model.dit.text import TextEncoder
-    from soraplan.model.dit.codec import load_wfvae_codec
 
     base = ["--checkpoint", str(assets / "run"), "--vae", str(assets / "vae"), "--text-encoder", str(assets / "t5")]
     main([*base, "--out", "ddim.mp4", "--sampler", "ddim", *ARGS])
     main([*base, "--out", "default.mp4", *ARGS])
     assert not np.array_equal(written["ddim.mp4"], written["default.mp4"])
     # The same as sampling by hand with DDIM built from the default scheduler's config.
-    ddim = DDIMScheduler.from_config(DiffusionConfig().sample_scheduler().config)
+    ddim = sampler_from_config("ddim", DiffusionConfig().sample_scheduler().config)
+    assert isinstance(ddim, DDIMScheduler) and not ddim.config.clip_sample
     assert ddim.config.prediction_type == "v_prediction" and ddim.config.rescale_betas_zero_snr
     assert ddim.config.timestep_spacing == "trailing"
     text = TextEncoder(str(assets / "t5"), 512)

@@ -68,21 +68,16 @@ class SampleConfig:
     sampler: Literal["euler_ancestral", "euler", "ddim", "dpm_solver", "ddpm"] | None = None
 
 
-SAMPLERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
-            "ddim": "DDIMScheduler", "dpm_solver": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
-
-
 def use_sampler(pipe: SoraPlanPipeline, sampler: str | None) -> None:
     """Swap the pipeline's scheduler for `sampler`, from the same scheduler config."""
     if sampler is None:
         return
-    import diffusers
+    from soraplan.model.dit.diffusion import sampler_from_config
 
-    config = pipe.scheduler.config
-    if config.get("variance_type") == "learned_range" and sampler != "ddpm":
-        raise ConfigError(f"--sampler {sampler}: this DiT predicts its variance (IDDPM), which only "
-                          "ddpm samples; leave --sampler unset or set it to ddpm")
-    pipe.register_modules(scheduler=getattr(diffusers, SAMPLERS[sampler]).from_config(config))
+    try:
+        pipe.register_modules(scheduler=sampler_from_config(sampler, pipe.scheduler.config))
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}; leave --sampler unset or set it to ddpm") from None
 
 
 def prompts_of(cfg: SampleConfig) -> list[str]:

@@ -143,6 +143,22 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
     return per_sample * min_snr_weights(scheduler, timesteps, snr_gamma).float()
 
 
+
+# Samplers by name: diffusers schedulers that take the training schedule's config as it is.
+SAMPLERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
+            "ddim": "DDIMScheduler", "dpm_solver": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
+
+
+def sampler_from_config(name: str, config: dict) -> object:
+    """Scheduler `name` (a key of SAMPLERS) on another scheduler's config. Sample clipping is off:
+    latents are not images in [-1, 1] (DDIM and DDPM would clip their x0 estimates otherwise)."""
+    import diffusers
+
+    if config.get("variance_type") == "learned_range" and name != "ddpm":
+        raise ConfigError(f"sampler {name}: this model predicts its variance (IDDPM), which only ddpm samples")
+    return getattr(diffusers, SAMPLERS[name]).from_config(config, clip_sample=False)
+
+
 @torch.no_grad()
 def sample_latents(model: nn.Module, scheduler: EulerAncestralDiscreteScheduler,
                    latent_shape: tuple[int, int, int, int], text_states: Tensor, text_mask: Tensor,
