@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import socket
@@ -190,3 +191,10 @@ def test_zero2_checkpoint_of_two_processes_resumes_with_one(latents, tmp_path):
     for step in one:  # tolerances of test_two_processes_equal_one_process_at_same_global_batch
         assert resumed[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6)
     assert_same_weights(ema_weights(straight), ema_weights(run), atol=5e-3)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_the_gradient_norm_is_logged_with_and_without_zero(latents, tmp_path, zero_stage):
+    out = train(overrides(latents, tmp_path, 2, zero_stage=zero_stage))
+    norms = losses(out, "grad_norm")
+    assert len(norms) == 2 and all(math.isfinite(n) and n > 0 for n in norms.values())

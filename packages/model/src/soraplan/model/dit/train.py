@@ -138,8 +138,13 @@ class DiTTrainer(Trainer):
                                   seeds).mean()
         lr = engine.get_lr()[0]  # the rate of this step (engine.step moves the schedule on)
         engine.backward(loss)
+        # Without ZeRO, DeepSpeed clips the fp32 gradients but keeps no norm: take it here, from
+        # the gradients every rank holds whole (already averaged over ranks by backward).
+        unreported = None if cfg.zero_stage else torch.nn.utils.get_total_norm(
+            [p.grad for p in self.model.parameters() if p.grad is not None])
         engine.step()
         grad_norm = engine.get_global_grad_norm()
+        grad_norm = unreported if grad_norm is None else grad_norm
         stats = {"loss": mean_over_ranks(loss).item(),
                  "grad_norm": math.nan if grad_norm is None else float(grad_norm), "lr": lr}
         if cfg.data.samples == "joint":  # which kind of batch this step trained on
