@@ -75,9 +75,10 @@ def use_sampler(pipe: SoraPlanPipeline, sampler: str | None) -> None:
     from soraplan.model.dit.diffusion import sampler_from_config
 
     try:
-        pipe.register_modules(scheduler=sampler_from_config(sampler, pipe.scheduler.config))
+        scheduler = sampler_from_config(sampler, pipe.scheduler.config)
     except ConfigError as exc:
         raise ConfigError(f"--{exc}; leave --sampler unset or set it to ddpm") from None
+    pipe.register_modules(scheduler=scheduler)
 
 
 def prompts_of(cfg: SampleConfig) -> list[str]:
