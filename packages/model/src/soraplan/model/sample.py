@@ -36,6 +36,7 @@ from soraplan.core.config import (
     PositiveInt,
 )
 from soraplan.core.train.checkpoint import resolve_pretrained
+from soraplan.model.dit.diffusion import SamplerName, sampler_from_config
 
 if TYPE_CHECKING:  # importing diffusers costs seconds; --help needs none of it
     from soraplan.model.pipeline import SoraPlanPipeline
@@ -65,15 +66,13 @@ class SampleConfig:
     # The diffusers scheduler that samples, built from the pipeline's own scheduler config (its
     # betas, prediction type, zero-SNR rescale, spacing); None keeps the pipeline's: Euler
     # ancestral for v-prediction, DDPM for learned variance (which only DDPM samples).
-    sampler: Literal["euler_ancestral", "euler", "ddim", "dpm_solver", "ddpm"] | None = None
+    sampler: SamplerName | None = None
 
 
 def use_sampler(pipe: SoraPlanPipeline, sampler: str | None) -> None:
     """Swap the pipeline's scheduler for `sampler`, from the same scheduler config."""
     if sampler is None:
         return
-    from soraplan.model.dit.diffusion import sampler_from_config
-
     try:
         scheduler = sampler_from_config(sampler, pipe.scheduler.config)
     except ConfigError as exc:

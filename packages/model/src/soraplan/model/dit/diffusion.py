@@ -147,6 +147,7 @@ def diffusion_loss(model: nn.Module, scheduler: DDPMScheduler, latents: Tensor,
 # Samplers by name: diffusers schedulers that take the training schedule's config as it is.
 SAMPLERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler", "dpm_solver": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
+SamplerName = Literal[tuple(SAMPLERS)]  # a config key's choices, checked when the config loads
 
 
 def sampler_from_config(name: str, config: dict) -> object:
