@@ -37,9 +37,10 @@ class OcrConfig(StageConfig):
     paddle_model_dir: str | None = None  # local PaddleOCR model folder (PaddleOCR downloads otherwise)
     fps: PositiveFloat = 1.0  # frames sampled per second of each segment
     max_frames: PositiveInt = 5  # at most this many frames per segment, spread evenly
-    # Detector input: longer side scaled down to this. 480 instead of 640 halves the detector's
-    # time and still finds text lines 7 px tall in a 640x360 frame, as 640 does (384 does not).
-    det_limit_side_len: PositiveInt = 480
+    # Detector input: longer side scaled down to this. Smaller is faster (480: half the time)
+    # but misses small text on busy backgrounds: at 512 a corner watermark on texture and the
+    # many small lines of a screen recording (so `slides`) went unseen.
+    det_limit_side_len: PositiveInt = 640
     det_box_thresh: UnitFloat = 0.5
     subtitle_band: UnitFloat = 0.65  # a subtitle box's centre lies below this fraction of the height
     center_tolerance: UnitFloat = 0.12  # burned-in lines are centred within this fraction of the width
