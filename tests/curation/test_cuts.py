@@ -100,3 +100,16 @@ def test_cut_between_fast_blurred_shots_is_kept(tmp_path):
     path = write_video(tmp_path / "fast.mp4", np.stack(a + b), FPS)
     cuts, _ = jump_cuts(path)
     assert cuts == [pytest.approx(60 / FPS, abs=2 / FPS)]
+
+
+def test_shrink_keeps_the_picture_of_an_area_resize_at_any_factor():
+    from soraplan.curation.stages import shrink
+
+    frame = np.ascontiguousarray(cv2.GaussianBlur(scene_texture(3, 360, 640), (0, 0), 2)[:360, :640])
+    for size in [(256, 144), (228, 128), (320, 180), (640, 360)]:
+        small = shrink(frame, size)
+        area = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        assert small.shape == area.shape and small.dtype == np.uint8
+        assert np.abs(small.astype(int) - area).mean() < 3.0, size
+    assert shrink(frame, (640, 360)) is frame  # no resize at the same size
+    assert shrink(frame[:64, :64], (128, 128)).shape == (128, 128, 3)  # enlarging works too

@@ -142,10 +142,10 @@ def pairs_inside(sample_times: np.ndarray, segment: Segment) -> np.ndarray:
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` downscaled to `size` (width, height): area-averaged halvings while the image is at
-    least twice the size, then bilinear for the factor below 2, which aliases little. OpenCV's
-    area resize is fast only for integer factors: from 640x360 to 256x144 directly it costs
-    0.9 ms a frame, this way 0.16 ms (mean difference 1.5 grey levels)."""
+    """`image` resized to `size` (width, height): area-averaged halvings while the image is at
+    least twice the size, then bilinear for the factor below 2 (which aliases little) or for an
+    enlargement. OpenCV's area resize is fast only for integer factors: from 640x360 to 256x144
+    directly it costs 0.9 ms a frame, this way 0.16 ms (mean difference 1.5 grey levels)."""
     width, height = size
     while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
         image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
