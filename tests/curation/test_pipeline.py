@@ -224,3 +224,24 @@ def test_a_concurrent_job_into_the_same_output_stops_in_one_line(tmp_path, curat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"being written by another job (pid {holder.pid} " in err
     assert not (out / "run.yaml").exists()  # the running job's config is left alone
+
+
+def test_offline_profile_actor_pins_threads_without_importing_torch():
+    """An analyzer actor of the offline profile never loads torch (over a second and a few hundred
+    MB per actor); when a stage does import it, its threads are pinned to the actor's share."""
+    code = (
+        "import sys, cv2\n"
+        "from soraplan.core.config import load_config\n"
+        "from soraplan.curation.pipeline import CurateConfig, _RayClipAnalyzer\n"
+        f"cfg = load_config(CurateConfig, {str(REPO / 'pipelines/configs/curate.yaml')!r}, [])\n"
+        "_RayClipAnalyzer(cfg.analyze, 0.9)\n"
+        "assert 'torch' not in sys.modules, 'the offline profile imported torch'\n"
+        "assert cv2.getNumThreads() == 1, cv2.getNumThreads()\n"
+        "import torch\n"
+        "from soraplan.curation.pipeline import set_threads\n"
+        "set_threads(0.9)\n"
+        "assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

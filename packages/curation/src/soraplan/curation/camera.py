@@ -53,24 +53,24 @@ def fit_camera(flow: np.ndarray, stride: int = 1) -> tuple[np.ndarray, float, fl
     short side (zoom and roll: the flow they give half a short side away from the centre)."""
     h, w = flow.shape[:2]
     short = min(h, w) * stride
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) * stride
     half = short / 2
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) * stride
     x, y = (xs - xs.mean()).ravel() / half, (ys - ys.mean()).ravel() / half
     u, v = flow[..., 0].ravel().astype(np.float64), flow[..., 1].ravel().astype(np.float64)
-    # u = tx + a x - b y;  v = ty + b x + a y  (a: zoom, b: roll; flow in pixels at unit radius)
-    ones, zeros = np.ones_like(x), np.zeros_like(x)
-    design = np.block([[ones[:, None], zeros[:, None], x[:, None], -y[:, None]],
-                       [zeros[:, None], ones[:, None], y[:, None], x[:, None]]])
-    target = np.concatenate([u, v])
+    # u = tx + a x - b y;  v = ty + b x + a y  (a: zoom, b: roll; flow in pixels at unit radius).
+    # Least squares by its 4x4 normal equations, written out: they need only sums over the points.
     keep = np.ones(x.size, dtype=bool)
     for _ in range(2):  # fit, then refit on the points the model explains (the background)
-        rows = np.concatenate([keep, keep])
-        params = np.linalg.lstsq(design[rows], target[rows], rcond=None)[0]
-        residual = np.hypot(*(target - design @ params).reshape(2, -1))
+        xk, yk, uk, vk = x[keep], y[keep], u[keep], v[keep]
+        n, sx, sy, q = float(keep.sum()), xk.sum(), yk.sum(), (xk * xk + yk * yk).sum()
+        normal = np.array([[n, 0, sx, -sy], [0, n, sy, sx], [sx, sy, q, 0], [-sy, sx, 0, q]])
+        params = np.linalg.solve(normal, [uk.sum(), vk.sum(), (xk * uk + yk * vk).sum(), (xk * vk - yk * uk).sum()])
+        tx, ty, a, b = params
+        mu, mv = tx + a * x - b * y, ty + b * x + a * y
+        residual = np.hypot(u - mu, v - mv)
         keep = residual <= max(2.0 * float(np.median(residual)), 0.1)
-    model = (design @ params).reshape(2, -1)
     # Shifts in pixels, zoom and roll in pixels at half the short side from the centre.
-    return params / short, float(np.hypot(*model).mean()) / short, float(residual.mean()) / short
+    return params / short, float(np.hypot(mu, mv).mean()) / short, float(residual.mean()) / short
 
 
 def camera_label(params: np.ndarray, magnitudes: np.ndarray, cfg: CameraConfig) -> str:

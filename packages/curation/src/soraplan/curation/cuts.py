@@ -35,14 +35,17 @@ class CutsConfig(StageConfig):
     min_content_val: ContentValue = 15.0  # AdaptiveDetector: minimum absolute change for a cut
     content_threshold: ContentValue = 27.0  # ContentDetector threshold
     min_scene_s: NonNegativeFloat = 0.3  # no two cuts closer than this (fades and flashes stay one cut)
-    detect_width: PositiveInt = 256  # frames are downscaled to this width for the detector
+    # Frames are downscaled to this width for the detector. PySceneDetect's own default is 256;
+    # at 128 it costs a quarter, its frame scores on ../shared/devset move by a few percent and
+    # it finds the same cuts there (docs/curation.md).
+    detect_width: PositiveInt = 128
     jump_cuts: bool = True
     jump_z: PositiveFloat = 8.0  # robust z-score (median/MAD) above which a distance is a jump cut
     jump_min_ratio: NonNegativeFloat = 3.0  # ... and the distance must also exceed this multiple of the median
     merge_s: NonNegativeFloat = 0.25  # a jump cut this close to a detector cut is the same cut
     # Confirmation of a jump-cut candidate (see the module docstring); calibrated on
-    # ../shared/devset, where real cuts change the 32x18 grey thumbnail by >= 14 (0-255) and the
-    # HSV histogram by >= 0.057 (half L1), 3x and 2.5x more than any neighbouring frame pair.
+    # ../shared/devset, where real cuts change the 32x18 grey thumbnail by >= 17 (0-255) and the
+    # HSV histogram by >= 0.057 (half L1), 2.7x and 2.5x more than any neighbouring frame pair.
     confirm_jumps: bool = True
     jump_context: NonNegativeInt = 4  # neighbouring frame pairs compared on each side
     jump_spike_ratio: PositiveFloat = 2.0  # the jump's change over the largest neighbouring one

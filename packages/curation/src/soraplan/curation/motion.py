@@ -167,15 +167,16 @@ class FlowMotion(MotionStage):
 
     def distances(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         motion, residual = [], []
+        if frames:
+            h, w = frames[0].shape  # the frames of one clip share a size
+            grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         for prev, nxt in zip(frames[:-1], frames[1:]):
             flow = dense_flow(prev, nxt)
             self.fields.append(flow[::FLOW_STRIDE, ::FLOW_STRIDE].copy())
-            motion.append(float(np.linalg.norm(flow, axis=-1).mean()) / min(prev.shape))
-            h, w = prev.shape
-            grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            motion.append(cv2.mean(cv2.magnitude(flow[..., 0], flow[..., 1]))[0] / min(prev.shape))
             warped = cv2.remap(nxt, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
-            residual.append(float(np.abs(warped.astype(np.float32) - prev).mean()) / 255.0)
+            residual.append(cv2.mean(cv2.absdiff(warped, prev))[0] / 255.0)
         return np.asarray(motion), np.asarray(residual)
 
 

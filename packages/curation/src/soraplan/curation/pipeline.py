@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -64,16 +65,16 @@ class CurateConfig:
 
 
 def set_threads(num_cpus: float) -> None:
-    """Keep each actor's math libraries within its CPU share, so actors don't oversubscribe."""
+    """Keep each actor's math libraries within its CPU share, so actors don't oversubscribe.
+
+    Torch is pinned only once a stage has imported it: the offline profile never uses it, and
+    importing it would cost each actor over a second and a few hundred MB."""
     threads = max(1, int(num_cpus))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     cv2.setNumThreads(threads)
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
 
 
 class _RayClipAnalyzer(ClipAnalyzer):
@@ -81,8 +82,9 @@ class _RayClipAnalyzer(ClipAnalyzer):
     input clips from the plan's work units itself (see `plan.py`)."""
 
     def __init__(self, cfg: AnalyzeConfig, num_cpus: float) -> None:
-        set_threads(num_cpus)
+        set_threads(num_cpus)  # before the stages load their libraries (OpenMP reads its variable once)
         super().__init__(cfg)
+        set_threads(num_cpus)  # and after, for the libraries the stages imported in their setup
 
     def __call__(self, units: dict[str, np.ndarray]) -> pa.Table:
         clips = pa.concat_tables(read_work_unit(str(f), int(s), int(n))
