@@ -5,7 +5,10 @@
 Runs the curation job (local Ray) on every devset video with score_all=true, so every segment
 gets every score, then compares with labels.json:
 - cuts: a detected cut matches a labelled hard cut within 2 frames; detections inside a labelled
-  gradual transition (fade, dissolve) are not counted either way.
+  gradual transition (fade, dissolve) are not counted either way. Per detector and combined,
+  against labels.json as shipped; the combined figures also against those labels plus the
+  reviewed additions of bench/devset_cut_review.json (hard cuts, with the frames that show them,
+  in clips whose labels say they were not exhaustively checked).
 - subtitles: a clip counts as rejected for subtitles if any segment is; positives are clips with
   `subtitle` or `caption_overlay` text, and clips with only watermarks or scene text must pass.
 - static: in labelled static clips, every segment long enough to keep must be rejected as static.
@@ -45,12 +48,29 @@ def frame_times(path: Path) -> np.ndarray:
     return np.asarray([f.time_s for f in iter_frames(path, size=(32, 18))])
 
 
-def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path, column: str = "cut_times_s") -> dict:
+def reviewed_cut_labels() -> list[dict]:
+    """labels.json's cut labels plus the reviewed additions of bench/devset_cut_review.json, which
+    may only add to clips whose labels say they were not exhaustively checked."""
+    additions = {a["file"]: a["add"] for a in json.loads((REPO / "bench/devset_cut_review.json").read_text())["cuts"]}
+    items = []
+    for item in labels()["cuts"]:
+        extra = additions.pop(item["file"], [])
+        if extra and "only strongest candidates checked" not in item.get("verified", ""):
+            sys.exit(f"devset_cut_review.json adds cuts to {item['file']}, whose labels are complete")
+        items.append({**item, "cuts": sorted(item["cuts"] + extra)})
+    if additions:
+        sys.exit(f"devset_cut_review.json names clips without cut labels: {sorted(additions)}")
+    return items
+
+
+def cut_scores(rows_by_file: dict[str, list[dict]], videos: Path, column: str = "cut_times_s",
+               items: list[dict] | None = None) -> dict:
     """P/R/F1 of the cuts in `column`: `cut_times_s` (combined), `scene_cut_times_s` (the scene
-    detector alone) or `jump_cut_times_s` (confirmed jump cuts alone, before merging)."""
+    detector alone) or `jump_cut_times_s` (confirmed jump cuts alone, before merging), against
+    `items` (default: labels.json's cut labels)."""
     tp = fp = fn = 0
     per_file = {}
-    for item in labels()["cuts"]:
+    for item in items or labels()["cuts"]:
         rows = rows_by_file.get(item["file"])
         if not rows:
             continue
@@ -149,6 +169,9 @@ def main() -> None:
         "cuts": cut_scores(rows_by_file, videos),
         "cuts_scene_detector_alone": cut_scores(rows_by_file, videos, "scene_cut_times_s"),
         "cuts_jump_cuts_alone": cut_scores(rows_by_file, videos, "jump_cut_times_s"),
+        # With the hard cuts that review found in clips whose labels were not exhaustive.
+        "cuts_with_reviewed_labels": {k: v for k, v in cut_scores(
+            rows_by_file, videos, items=reviewed_cut_labels()).items() if k != "files"},
         "subtitles": subtitle_scores(rows_by_file),
         "static": static_scores(rows_by_file),
         "camera_motion_synthetic": camera_scores(cfg, Path(tempfile.mkdtemp(prefix="eval_camera_"))),
