@@ -89,7 +89,9 @@ def tiny_qwen2_vl_dir(tmp_path_factory, tokenizer) -> Path:
 def ray_session():
     from soraplan.core.ray_session import init_ray
 
-    init_ray(None, num_cpus=2)  # loopback only, no dashboard
+    # Loopback only, no dashboard. Workers' output stays in Ray's log files: streamed to this
+    # process's stderr at any moment, it would land in the stderr that CLI tests count lines of.
+    init_ray(None, num_cpus=2, log_to_driver=False)
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False

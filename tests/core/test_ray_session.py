@@ -60,7 +60,7 @@ def test_a_local_start_is_a_new_instance_and_logs_its_session_dir(caplog):
 
     with caplog.at_level("INFO", logger="soraplan.core.ray_session"):
         _start_local(types.SimpleNamespace(init=init), num_cpus=2, attempts=1, backoff_s=0)
-    assert calls == [{"address": "local", "num_cpus": 2, "include_dashboard": False}]
+    assert calls == [{"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": True}]
     assert "local Ray session: /tmp/ray/session_x_123" in caplog.text
 
 

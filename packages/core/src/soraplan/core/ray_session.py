@@ -53,9 +53,10 @@ class RayStartError(RuntimeError):
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, attempts: int = 3,
-             backoff_s: float = 2.0) -> ModuleType:
+             backoff_s: float = 2.0, log_to_driver: bool = True) -> ModuleType:
     """Import Ray with the project's settings and connect to `address` ("auto" for the cluster
-    this job runs on), or start a local instance on loopback with `num_cpus` CPUs."""
+    this job runs on), or start a local instance on loopback with `num_cpus` CPUs.
+    `log_to_driver=False`: workers' output stays in Ray's log files, off this process's stderr."""
     # Ray reads these once, at import. Keep every Ray process on loopback, and let workers use
     # this interpreter and venv instead of Ray's `uv run` hook rebuilding a venv per job.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -70,13 +71,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, attempts: 
     if ray.is_initialized():
         return ray
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return ray
-    _start_local(ray, num_cpus, attempts, backoff_s)
+    _start_local(ray, num_cpus, attempts, backoff_s, log_to_driver)
     return ray
 
 
-def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s: float) -> None:
+def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s: float,
+                 log_to_driver: bool = True) -> None:
     """`ray.init` with retries: the raylet has a fixed start deadline that a busy CPU can miss.
     Each failed attempt's processes (GCS, raylet, dashboard, agents: children of this process
     that the attempt started) are stopped before the next, so they do not add to the load."""
@@ -90,7 +92,8 @@ def _start_local(ray: ModuleType, num_cpus: int | None, attempts: int, backoff_s
             # "local": a new instance even when /tmp/ray/ray_current_cluster names the cluster of
             # the last `ray start` on this machine (someone else's, or dead), which address=None
             # would join or hang on.
-            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                               log_to_driver=log_to_driver)
             # Where to find this instance's processes if the job is killed (docs/operations.md).
             log.info("local Ray session: %s", context.address_info["session_dir"])
             return
