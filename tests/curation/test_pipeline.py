@@ -133,7 +133,9 @@ def test_driver_killed_then_rerun_matches_uninterrupted_run(local_ray, tmp_path,
 
 
 def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
-    videos = _many_videos(tmp_path / "videos", media, 8)
+    # Enough clips that the analyzers are still busy when the first shard lands (its write task
+    # waits for a worker process to start).
+    videos = _many_videos(tmp_path / "videos", media, 16)
     out = tmp_path / "out"
     killed: list[int] = []
 
@@ -155,8 +157,8 @@ def test_worker_killed_mid_run_loses_no_rows(local_ray, tmp_path, media):
     killer.join()
     assert killed, "no analyzer worker was found to kill"
     rows = read_clip_table(out).to_pylist()
-    assert len({r["source_id"] for r in rows}) == 8
-    assert len(rows) == len({r["clip_id"] for r in rows}) == 4 * 1 + 4 * 3
+    assert len({r["source_id"] for r in rows}) == 16
+    assert len(rows) == len({r["clip_id"] for r in rows}) == 8 * 1 + 8 * 3
     assert summary["errors"] == 0
 
 

@@ -76,3 +76,36 @@ def test_report_images_render_in_headless_chromium(curated, tmp_path, curate):
         capture_output=True, text=True, timeout=120, check=True).stdout
     widths = json.loads(re.search(r'<pre id="widths">(.*?)</pre>', dom).group(1))
     assert len(widths) == len(data_uris(page.read_text())) and all(w > 50 for w in widths)
+
+
+def test_report_streams_the_shards_and_shows_the_same_clips_however_they_are_split(curated, tmp_path, monkeypatch):
+    """The page reads the shards in batches (here of 2 rows) and picks its clips by a seeded hash
+    of the clip id, so the same rows in other files, in another order, give the same page; the
+    histograms count every scored row."""
+    from soraplan.core.schema import read_clip_table
+    from soraplan.curation import report
+
+    table = read_clip_table(curated)
+    split = tmp_path / "split"
+    (split / "clips").mkdir(parents=True)
+    shutil.copy(curated / "summary.json", split / "summary.json")
+    reordered = table.take(list(reversed(range(table.num_rows))))
+    write_table_atomic(reordered.slice(0, 3), split / "clips" / "part-1.parquet")
+    write_table_atomic(reordered.slice(3), split / "clips" / "part-0.parquet")
+    monkeypatch.setattr(report, "BATCH_ROWS", 2)
+    pages = [report.write_report(folder, to=tmp_path / f"{folder.name}.html", per_reason=1).read_text()
+             for folder in (curated, split)]
+
+    def shown(page: str) -> list[str]:
+        return re.findall(r"<h3>.*?</h3>|<figcaption>.*?</figcaption>", page)
+
+    assert shown(pages[0]) == shown(pages[1]) and len(shown(pages[0])) >= 8
+    assert re.search(r"\(\d+ segments, 1 shown\)", pages[0])
+
+    drawn = {}
+    monkeypatch.setattr(report, "_histogram", lambda counts, edges, title, thresholds: drawn.setdefault(
+        title, int(counts.sum())))
+    report.write_report(split, to=tmp_path / "counted.html")
+    rows = table.to_pylist()
+    assert drawn == {"motion (flow)": sum(r["motion_score"] is not None for r in rows),
+                     "text area ratio": sum(r["ocr_area_ratio"] is not None for r in rows)}
